@@ -1,0 +1,372 @@
+"""The wire contract: event dataclasses and their JSON codec.
+
+Decoding never raises. ``decode_message`` returns the events a message holds and one
+``DecodeError`` per object it could not accept, each with a reason from ``REASONS``, so the
+flow can dead-letter exactly what was wrong and keep the rest.
+
+>>> res = decode_message(b'{"v":1,"ts":1.7e9,"app":"a","instance":"i","metrics":{"cpu_cores":1}}')
+>>> res.events[0].metrics["cpu_cores"], res.errors
+(1.0, [])
+>>> decode_message(b'{"v":1').errors[0].reason
+'malformed_json'
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TypeAlias
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+#: The six resource gauges every sample may carry; the models predict these.
+RESOURCES: tuple[str, ...] = (
+    "cpu_cores",
+    "mem_bytes",
+    "disk_read_bps",
+    "disk_write_bps",
+    "net_rx_bps",
+    "net_tx_bps",
+)
+
+#: Every reason a message can be refused for; the dead-letter topic and metrics use these.
+REASONS: tuple[str, ...] = (
+    "malformed_json",
+    "not_object",
+    "missing_field",
+    "bad_type",
+    "bad_id",
+    "non_finite",
+    "negative",
+    "out_of_range",
+    "too_large",
+    "too_many_metrics",
+    "too_many_labels",
+    "unsupported_version",
+    "unknown_kind",
+    "late",
+)
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._:/@-]+")
+METRIC_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_NON_FINITE_TOKEN = re.compile(rb'[:,\[]\s*-?(?:NaN|Infinity)\s*[,}\]]')
+
+# Event time outside [2000-01-01, 2100-01-01) is a unit mistake (ms, ns), not a real time.
+TS_MIN = 946_684_800.0
+TS_MAX = 4_102_444_800.0
+MAX_INTERVAL_S = 86_400.0
+MAX_LABEL_VALUE_LEN = 256
+
+Kind = Literal["metric", "deploy"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a single message may hold; beyond these it is refused with a reason."""
+
+    max_message_bytes: int = 1 << 20
+    max_metrics: int = 64
+    max_labels: int = 32
+    max_id_len: int = 128
+    max_batch: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_bytes", "max_metrics", "max_labels", "max_id_len", "max_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                msg = f"limit {name} must be a positive integer, got {value!r}"
+                raise ValueError(msg)
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSample:
+    ts: float
+    app: str
+    instance: str
+    metrics: dict[str, float]
+    interval_s: float = 60.0
+    labels: dict[str, str] = field(default_factory=dict)
+    capacity: dict[str, float] = field(default_factory=dict)
+    v: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class DeployRequest:
+    ts: float
+    app: str
+    instance: str
+    labels: dict[str, str] = field(default_factory=dict)
+    requested: dict[str, float] = field(default_factory=dict)
+    v: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    id: str
+    ts: float
+    app: str
+    instance: str
+    kind: Literal["proactive", "resize"]
+    instance_type: str
+    reserve: dict[str, float]
+    predicted: dict[str, float]
+    cluster: int
+    confidence: float
+    policy: str
+    model_version: int
+    v: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    id: str
+    ts: float
+    app: str
+    instance: str
+    metric: str
+    observed: float
+    predicted: float
+    score: float
+    severity: Literal["warn", "critical"]
+    v: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    ts: float
+    reason: str
+    error: str
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    raw_b64: str
+    v: int = SCHEMA_VERSION
+
+
+Event: TypeAlias = MetricSample | DeployRequest | Allocation | Anomaly | DeadLetter
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeError:
+    """Why one message, or one object of a batch (``index``), was refused."""
+
+    reason: str
+    detail: str
+    index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    events: list[MetricSample | DeployRequest]
+    errors: list[DecodeError]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class _Invalid(Exception):
+    """Internal: carries a reason code out of the field checks."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def encode(event: Event) -> bytes:
+    """Serialise an event to compact JSON bytes (field names are the contract)."""
+    return orjson.dumps(asdict(event))
+
+
+def to_dict(event: Event) -> dict[str, Any]:
+    return asdict(event)
+
+
+def decode_message(
+    raw: bytes | bytearray | memoryview | str | None,
+    kind: Kind | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Decoded:
+    """Decode one message: a JSON object or an array of them.
+
+    ``kind`` is what the topic carries; ``None`` infers it per object (a ``metrics`` field
+    means a sample, a ``requested`` field a deploy request).
+    """
+    if raw is None:
+        return Decoded([], [DecodeError("malformed_json", "message has no value")])
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > limits.max_message_bytes:
+        detail = f"message is {len(raw)} bytes, the limit is {limits.max_message_bytes}"
+        return Decoded([], [DecodeError("too_large", detail)])
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as ex:
+        # NaN, Infinity and overflowing literals are what agents emit for a broken gauge;
+        # naming them helps more than "malformed".
+        if "infinity" in str(ex) or _NON_FINITE_TOKEN.search(raw):
+            return Decoded([], [DecodeError("non_finite", _short(str(ex)))])
+        return Decoded([], [DecodeError("malformed_json", _short(str(ex)))])
+    if isinstance(doc, list):
+        if not doc:
+            return Decoded([], [DecodeError("not_object", "empty array holds no event")])
+        if len(doc) > limits.max_batch:
+            detail = f"array holds {len(doc)} objects, the limit is {limits.max_batch}"
+            return Decoded([], [DecodeError("too_large", detail)])
+        events: list[MetricSample | DeployRequest] = []
+        errors: list[DecodeError] = []
+        for i, obj in enumerate(doc):
+            try:
+                events.append(_parse_object(obj, kind, limits))
+            except _Invalid as ex:
+                errors.append(DecodeError(ex.reason, f"item {i}: {ex.detail}", i))
+        return Decoded(events, errors)
+    try:
+        return Decoded([_parse_object(doc, kind, limits)], [])
+    except _Invalid as ex:
+        return Decoded([], [DecodeError(ex.reason, ex.detail)])
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _parse_object(obj: object, kind: Kind | None, limits: Limits) -> MetricSample | DeployRequest:
+    if not isinstance(obj, dict):
+        raise _Invalid("not_object", f"expected a JSON object, got {_json_type(obj)}")
+    version = obj.get("v", SCHEMA_VERSION)
+    if type(version) is not int:
+        raise _Invalid("bad_type", f"'v' must be an integer, got {_json_type(version)}")
+    if version != SCHEMA_VERSION:
+        raise _Invalid("unsupported_version", f"schema version {version}, supported: 1")
+    if kind is None:
+        if "metrics" in obj:
+            kind = "metric"
+        elif "requested" in obj:
+            kind = "deploy"
+        else:
+            raise _Invalid("unknown_kind", "object has neither 'metrics' nor 'requested'")
+    ts = _timestamp(obj)
+    app = _ident(obj, "app", limits)
+    instance = _ident(obj, "instance", limits)
+    labels = _labels(obj, limits)
+    if kind == "metric":
+        interval = _number(obj, "interval_s", default=60.0)
+        if not 0.0 < interval <= MAX_INTERVAL_S:
+            raise _Invalid("out_of_range", f"'interval_s' must be in (0, 86400], got {interval}")
+        metrics = _gauges(obj, "metrics", limits, required=True)
+        capacity = _gauges(obj, "capacity", limits, required=False)
+        return MetricSample(ts, app, instance, metrics, interval, labels, capacity)
+    requested = _gauges(obj, "requested", limits, required=False)
+    return DeployRequest(ts, app, instance, labels, requested)
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _number(obj: dict[str, Any], name: str, default: float | None = None) -> float:
+    if name not in obj:
+        if default is None:
+            raise _Invalid("missing_field", f"'{name}' is required")
+        return default
+    value = obj[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid("bad_type", f"'{name}' must be a number, got {_json_type(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise _Invalid("non_finite", f"'{name}' is {value}")
+    return value
+
+
+def _timestamp(obj: dict[str, Any]) -> float:
+    ts = _number(obj, "ts")
+    if not TS_MIN <= ts < TS_MAX:
+        detail = f"'ts' must be Unix seconds between 2000 and 2100, got {ts:.6g}"
+        raise _Invalid("out_of_range", detail)
+    return ts
+
+
+def _ident(obj: dict[str, Any], name: str, limits: Limits) -> str:
+    if name not in obj:
+        raise _Invalid("missing_field", f"'{name}' is required")
+    value = obj[name]
+    if not isinstance(value, str):
+        raise _Invalid("bad_type", f"'{name}' must be a string, got {_json_type(value)}")
+    if not 1 <= len(value) <= limits.max_id_len or not ID_PATTERN.fullmatch(value):
+        detail = (
+            f"'{name}' must match [A-Za-z0-9._:/@-]{{1,{limits.max_id_len}}}, "
+            f"got {_short(repr(value), 80)}"
+        )
+        raise _Invalid("bad_id", detail)
+    return value
+
+
+def _labels(obj: dict[str, Any], limits: Limits) -> dict[str, str]:
+    labels = obj.get("labels")
+    if labels is None:
+        return {}
+    if not isinstance(labels, dict):
+        raise _Invalid("bad_type", f"'labels' must be an object, got {_json_type(labels)}")
+    if len(labels) > limits.max_labels:
+        detail = f"{len(labels)} labels, the limit is {limits.max_labels}"
+        raise _Invalid("too_many_labels", detail)
+    for key, value in labels.items():
+        if not isinstance(value, str):
+            detail = f"label {_short(repr(key), 80)} must be a string, got {_json_type(value)}"
+            raise _Invalid("bad_type", detail)
+        if len(key) > limits.max_id_len or len(value) > MAX_LABEL_VALUE_LEN:
+            raise _Invalid("too_large", f"label {_short(repr(key), 80)} is too long")
+    return labels
+
+
+def _gauges(obj: dict[str, Any], name: str, limits: Limits, required: bool) -> dict[str, float]:
+    values = obj.get(name)
+    if values is None:
+        if required:
+            raise _Invalid("missing_field", f"'{name}' is required")
+        return {}
+    if not isinstance(values, dict):
+        raise _Invalid("bad_type", f"'{name}' must be an object, got {_json_type(values)}")
+    if len(values) > limits.max_metrics:
+        detail = f"'{name}' holds {len(values)} entries, the limit is {limits.max_metrics}"
+        raise _Invalid("too_many_metrics", detail)
+    if required and not values:
+        raise _Invalid("missing_field", f"'{name}' is empty")
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if not METRIC_NAME_PATTERN.fullmatch(key):
+            raise _Invalid("bad_id", f"{name} name {_short(repr(key), 80)} is not a metric name")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            detail = f"{name}.{key} must be a number, got {_json_type(value)}"
+            raise _Invalid("bad_type", detail)
+        number = float(value)
+        if not math.isfinite(number):
+            raise _Invalid("non_finite", f"{name}.{key} is {number}")
+        if number < 0:
+            raise _Invalid("negative", f"{name}.{key} is {number:.6g}, must be >= 0")
+        out[key] = number
+    return out
+
+
+def event_from_dict(doc: Mapping[str, Any]) -> Event:
+    """Rebuild an output event (allocation, anomaly, dead letter) from its JSON form."""
+    fields = dict(doc)
+    if "raw_b64" in fields:
+        return DeadLetter(**fields)
+    if "instance_type" in fields:
+        return Allocation(**fields)
+    if "severity" in fields:
+        return Anomaly(**fields)
+    if "metrics" in fields:
+        return MetricSample(**fields)
+    return DeployRequest(**fields)
