@@ -71,6 +71,158 @@ def validate(
     raise typer.Exit(1 if bad else 0)
 
 
+BrokersOpt = Annotated[
+    str | None, typer.Option("--brokers", help="Kafka bootstrap servers (host:port,...).")]
+RedisOpt = Annotated[str | None, typer.Option("--redis-url", help="Redis URL.")]
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path | None, typer.Option("--out", help="Write JSON lines here.")] = None,
+    to_topic: Annotated[
+        str | None, typer.Option("--to-topic", help="Produce metric messages to this topic.")
+    ] = None,
+    apps: Annotated[int, typer.Option(min=1, help="Applications in the fleet.")] = 50,
+    minutes: Annotated[float, typer.Option(min=0, help="Event time to simulate.")] = 30,
+    interval: Annotated[float, typer.Option(min=1, help="Seconds between samples.")] = 60.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    bad_share: Annotated[float, typer.Option(min=0, max=1, help="Share of bad messages.")] = 0.0,
+    deploy_share: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of instances announced by a deploy.")
+    ] = 0.05,
+    batch: Annotated[bool, typer.Option(help="One message per app and tick.")] = True,
+    brokers: BrokersOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Play a seeded, simulated fleet: to a JSON-lines file (--out) or to Kafka (--to-topic)."""
+    from fpstream.simulator import simulate as generate
+
+    if (out is None) == (to_topic is None):
+        typer.echo("fpstream simulate: give exactly one of --out FILE or --to-topic T", err=True)
+        raise typer.Exit(2)
+    settings = build_settings(config, brokers=brokers)
+    messages = generate(apps=apps, minutes=minutes, interval_s=interval, seed=seed,
+                        bad_share=bad_share, deploy_share=deploy_share, batch=batch)
+    counts: dict[str, int] = {"messages": 0, "samples": 0, "deploys": 0, "bad": 0}
+    if out is not None:
+        with open(out, "wb") as fh:
+            for msg in messages:
+                fh.write(msg.value + b"\n")
+                _tally(counts, msg)
+    else:
+        from fpstream.io.producer import MessageProducer
+
+        producer = MessageProducer(settings)
+        topic = {"metrics": to_topic, "deploys": settings.topic_deploys}
+        for msg in messages:
+            producer.send(topic[msg.topic], msg.key, msg.value, int(msg.ts * 1000))
+            _tally(counts, msg)
+        producer.flush()
+    typer.echo(orjson.dumps(counts).decode(), err=True)
+
+
+def _tally(counts: dict[str, int], msg: Any) -> None:
+    counts["messages"] += 1
+    counts["samples"] += msg.count
+    counts["deploys"] += msg.topic == "deploys"
+    counts["bad"] += msg.bad_reason is not None
+
+
+@app.command()
+def run(
+    brokers: BrokersOpt = None,
+    redis_url: RedisOpt = None,
+    config: ConfigOpt = None,
+    catalog: Annotated[
+        Path | None, typer.Option("--catalog", help="Instance catalog (JSON or YAML).")
+    ] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (0: off).")] = None,
+    workers: Annotated[int, typer.Option("-w", "--workers", min=1,
+                                         help="Worker threads in this process.")] = 1,
+    process_id: Annotated[int | None, typer.Option("-i", "--process-id",
+                                                   help="This process's index in a cluster.")] = None,
+    addresses: Annotated[str | None, typer.Option("-a", "--addresses",
+                                                  help="All processes' host:port, ';'-separated.")] = None,
+    recovery_dir: Annotated[Path | None, typer.Option("-r", "--recovery-dir",
+                                                      help="Recovery partitions directory.")] = None,
+    snapshot_s: Annotated[int, typer.Option("-s", "--snapshot-interval",
+                                            help="Seconds between snapshots.")] = 10,
+    backup_s: Annotated[int, typer.Option("-b", "--backup-interval",
+                                          help="Seconds snapshots are kept for backups.")] = 0,
+    create_topics: Annotated[bool, typer.Option(help="Create missing topics first.")] = False,
+    tail: Annotated[bool, typer.Option(help="Keep waiting for new messages at the end.")] = True,
+) -> None:
+    """Run the flow against the given Kafka and Redis (production)."""
+    import os
+
+    from fpstream.io.kafka import create_topics as make_topics
+    from fpstream.io.kafka import missing_topics
+    from fpstream.ops.runner import flow_command, init_recovery, settings_env
+
+    settings = build_settings(config, brokers=brokers, redis_url=redis_url,
+                              catalog_path=str(catalog) if catalog else None,
+                              metrics_port=metrics_port, recovery_dir=recovery_dir)
+    inputs = [settings.topic_metrics, settings.topic_deploys]
+    outputs = [settings.topic_allocations, settings.topic_anomalies, settings.topic_deadletter]
+    try:
+        if create_topics:
+            make_topics(settings, inputs + outputs, settings.partitions)
+        missing = missing_topics(settings, inputs + outputs)
+    except Exception as ex:  # noqa: BLE001 - any client error means the same to the operator
+        typer.echo(f"fpstream run: cannot reach Kafka at {settings.brokers}: {ex}", err=True)
+        raise typer.Exit(2) from ex
+    if missing:
+        typer.echo(f"fpstream run: missing topics {missing}; create them or pass "
+                   "--create-topics", err=True)
+        raise typer.Exit(2)
+    if settings.recovery_dir:
+        init_recovery(settings.recovery_dir, max(settings.partitions, 2))
+    cmd = flow_command(process_id=process_id, addresses=addresses.split(";") if addresses else None,
+                       workers=workers, recovery_dir=settings.recovery_dir,
+                       snapshot_s=snapshot_s, backup_s=backup_s)
+    env = {**os.environ, **settings_env(settings), "FPSTREAM_TAIL": "1" if tail else "0"}
+    os.execvpe(cmd[0], cmd, env)
+
+
+@app.command()
+def demo(
+    duration: Annotated[float | None, typer.Option(
+        "--duration", min=5, help="Stop after this many seconds (default: until Ctrl-C).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
+    apps: Annotated[int, typer.Option(min=6, help="Applications in the simulated fleet.")] = 60,
+    speed: Annotated[float, typer.Option(min=1, help="Event-time seconds per second.")] = 600.0,
+    bad_share: Annotated[float, typer.Option(min=0, max=1, help="Share of bad messages.")] = 0.01,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    config: ConfigOpt = None,
+) -> None:
+    """Run everything on an embedded broker and Redis, fed by the simulator, with a live view."""
+    from fpstream.ops.demo import DemoOptions, run_demo
+
+    settings = build_settings(config)
+    opts = DemoOptions(duration_s=duration, apps=apps, speed=speed, bad_share=bad_share,
+                       seed=seed, live=sys.stdout.isatty())
+    try:
+        summary = run_demo(settings, opts)
+    except KeyboardInterrupt:
+        typer.echo("fpstream demo: stopped", err=True)
+        raise typer.Exit(130) from None
+    text = orjson.dumps(summary, option=orjson.OPT_INDENT_2)
+    if json_out is not None:
+        json_out.write_bytes(text + b"\n")
+    typer.echo(text.decode())
+
+
+def _register_subsystems() -> None:
+    from fpstream.actuate.command import actuate
+    from fpstream.agent.command import agent
+
+    app.command()(actuate)
+    app.command()(agent)
+
+
+_register_subsystems()
+
+
 def main() -> None:
     app()
 

@@ -49,6 +49,7 @@ REASONS: tuple[str, ...] = (
     "unsupported_version",
     "unknown_kind",
     "late",
+    "over_capacity",
 )
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:/@-]+")

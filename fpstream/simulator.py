@@ -71,6 +71,8 @@ class SimMessage:
 
 @dataclass(slots=True)
 class SimSummary:
+    """What a run produced, for a demo's or benchmark's report."""
+
     messages: int = 0
     samples: int = 0
     deploys: int = 0

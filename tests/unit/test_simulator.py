@@ -1,4 +1,4 @@
-"""The fleet simulator: deterministic bytes, a valid wire contract, and shapes a model can tell apart."""
+"""The fleet simulator: same seed same bytes, a valid contract, shapes a model can tell apart."""
 
 from __future__ import annotations
 
@@ -99,14 +99,14 @@ def test_injectable_reasons_are_every_reason_asked_for() -> None:
 
 @pytest.mark.parametrize("reason", INJECTABLE_REASONS)
 def test_bad_message_decodes_to_exactly_its_reason(reason: str) -> None:
-    sample = orjson_sample()
+    sample = _template()
     res = decode_message(bad_message(reason, sample), "metric")
     assert res.events == []
     assert [e.reason for e in res.errors] == [reason]
-    assert sample == orjson_sample()  # the template is not mutated
+    assert sample == _template()  # the template is not mutated
 
 
-def orjson_sample() -> dict[str, object]:
+def _template() -> dict[str, object]:
     return {"ts": START_TS + 60, "app": "web-000", "instance": "web-000-0", "interval_s": 60.0,
             "metrics": {"cpu_cores": 0.5, "mem_bytes": 1e9}, "labels": {"image": "nginx-web:1.25"},
             "capacity": {"cpu_cores": 2.0, "mem_bytes": 4.0 * 2**30}, "v": 1}  # fmt: skip
@@ -114,7 +114,7 @@ def orjson_sample() -> dict[str, object]:
 
 def test_bad_message_rejects_a_reason_it_cannot_make() -> None:
     with pytest.raises(ValueError, match="late"):
-        bad_message("late", orjson_sample())
+        bad_message("late", _template())
 
 
 def test_every_reason_is_injected_and_decodes_to_it() -> None:
@@ -139,7 +139,8 @@ def test_share_of_bad_messages_is_close_to_bad_share(share: float) -> None:
 
 
 def test_all_or_no_bad_messages_at_the_extremes() -> None:
-    metrics = [m for m in simulate(apps=5, minutes=5, seed=1, bad_share=1.0) if m.topic == "metrics"]
+    msgs = simulate(apps=5, minutes=5, seed=1, bad_share=1.0)
+    metrics = [m for m in msgs if m.topic == "metrics"]
     assert metrics and all(m.bad_reason for m in metrics)
 
 
@@ -152,7 +153,9 @@ def test_messages_are_in_event_time_order_at_the_tick_grid(day: list[SimMessage]
         assert all(e.ts == m.ts for e in _decode(m))
 
 
-def test_values_are_finite_non_negative_and_within_capacity(day_samples: list[MetricSample]) -> None:
+def test_values_are_finite_non_negative_and_within_capacity(
+    day_samples: list[MetricSample],
+) -> None:
     assert len(day_samples) > 10_000
     for s in day_samples:
         assert all(math.isfinite(v) and v >= 0 for v in s.metrics.values()), s
@@ -196,7 +199,9 @@ def test_db_memory_grows_and_reports_query_time(day_samples: list[MetricSample])
     assert all(s.metrics["app.db_query_ms"] > 0 for s in day_samples if s.app.startswith("db-"))
 
 
-def test_cache_is_memory_and_network_heavy_with_flat_memory(day_samples: list[MetricSample]) -> None:
+def test_cache_is_memory_and_network_heavy_with_flat_memory(
+    day_samples: list[MetricSample],
+) -> None:
     cache = [s for s in day_samples if archetype_of(s.app) == "cache"]
     web = [s for s in day_samples if archetype_of(s.app) == "web"]
     for inst in {s.instance for s in cache}:
@@ -244,7 +249,8 @@ def test_deploys_precede_their_instances_first_sample() -> None:
 
 def test_event_time_only_a_shift_by_whole_days_shifts_timestamps_only() -> None:
     a = [e for m in simulate(apps=12, minutes=30, seed=9) for e in _decode(m)]
-    b = [e for m in simulate(apps=12, minutes=30, seed=9, start_ts=START_TS + 7 * 86_400) for e in _decode(m)]
+    later = simulate(apps=12, minutes=30, seed=9, start_ts=START_TS + 7 * 86_400)
+    b = [e for m in later for e in _decode(m)]
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
         assert y.ts - x.ts == 7 * 86_400

@@ -1,0 +1,106 @@
+"""The fpstream dataflow: metric samples and deploy requests in, allocations and anomalies out.
+
+Run it with Bytewax (settings come from ``FPSTREAM_*`` and ``FPSTREAM_CONFIG``)::
+
+    python -m bytewax.run flows.fleet:flow
+    python -m bytewax.run flows.fleet:flow -i 0 -a "host0:2101;host1:2101" -r /recovery -s 10
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from fpstream.events import DeadLetter, DeployRequest
+from fpstream.ingest import AppSeen, Progress, SampleBatch
+from fpstream.io.kafka import input_partitions, make_sink, make_source, to_message, to_raw
+from fpstream.io.metrics import FlowMetrics
+from fpstream.io.redis_sink import RedisSink
+from fpstream.io.steps import ModelLogic, ProfileLogic, Steps, WindowLogic, is_cluster_def
+from fpstream.settings import Settings, load_settings
+
+FLEET_KEY = "fleet"
+
+
+def build_flow(
+    settings: Settings,
+    *,
+    source: Source[Any] | None = None,
+    kafka_sink: Sink[Any] | None = None,
+    redis_sink: Sink[Any] | None = None,
+    metrics: FlowMetrics | None = None,
+    tail: bool = True,
+    sources: Sequence[str] | None = None,
+) -> Dataflow:
+    """Assemble the flow; sources and sinks default to the configured Kafka and Redis.
+
+    ``sources`` are the metric input partitions (``topic:partition``) the model stage waits
+    for before it moves on: by default the metrics topic's partitions when reading Kafka, and
+    those that show up with another source.
+    """
+    metrics = metrics if metrics is not None else FlowMetrics()
+    if sources is None:
+        sources = input_partitions(settings) if source is None else ()
+    steps = Steps(settings, metrics)
+    timed = metrics.timed
+    flow = Dataflow("fpstream")
+
+    messages = op.input("read", flow, source if source is not None else make_source(settings, tail))
+    raw = op.map("raw", messages, to_raw)
+    decoded = op.flat_map("decode", raw, timed("decode", steps.decode))
+    refused = op.branch("refused", decoded, lambda x: isinstance(x, DeadLetter))
+    direct = op.branch("direct", refused.falses, _goes_to_model)
+    batches = op.key_on("by_app", direct.falses, _app_of_batch)
+
+    windowed = op.stateful(
+        "window", batches, lambda resume: WindowLogic(settings, metrics, resume))
+    late = op.branch("late", op.key_rm("unkey_windows", windowed),
+                     lambda x: isinstance(x, DeadLetter))
+    windows = op.key_on("windows_by_app", late.falses, lambda w: w.app)
+    profiles = op.stateful("profile", windows, lambda resume: ProfileLogic(settings, resume))
+
+    to_model = op.merge("to_model", op.key_rm("unkey_profiles", profiles), direct.trues)
+    decided = op.stateful(
+        "model", op.key_on("fleet", to_model, lambda _: FLEET_KEY),
+        lambda resume: ModelLogic(settings, metrics, resume, sources))
+    outputs = op.map("count", op.key_rm("unkey_model", decided), steps.count_output)
+    clusters = op.branch("clusters", outputs, is_cluster_def)
+
+    letters = op.map("count_deadletters", op.merge("deadletters", refused.trues, late.trues),
+                     steps.count_deadletter)
+    to_kafka = op.merge("to_kafka", clusters.falses, letters)
+    op.output("kafka", op.map("encode", to_kafka, lambda e: to_message(e, settings)),
+              kafka_sink if kafka_sink is not None else make_sink(settings))
+    to_redis = op.filter("redis_items", outputs, _for_redis)
+    op.output("redis", to_redis, redis_sink if redis_sink is not None else RedisSink(settings))
+    return flow
+
+
+def _goes_to_model(item: Any) -> bool:
+    return isinstance(item, DeployRequest | Progress | AppSeen)
+
+
+def _app_of_batch(batch: SampleBatch) -> str:
+    return batch.app
+
+
+def _for_redis(item: Any) -> bool:
+    from fpstream.events import Allocation
+
+    return isinstance(item, Allocation) or is_cluster_def(item)
+
+
+def flow() -> Dataflow:
+    """The factory ``python -m bytewax.run flows.fleet:flow`` calls in every process: settings
+    from ``FPSTREAM_CONFIG`` and ``FPSTREAM_*``, metrics exposed on the configured port."""
+    settings = load_settings(os.environ.get("FPSTREAM_CONFIG"))
+    metrics = FlowMetrics()
+    metrics.serve(settings.metrics_port)
+    tail = os.environ.get("FPSTREAM_TAIL", "1") != "0"
+    return build_flow(settings, metrics=metrics, tail=tail)

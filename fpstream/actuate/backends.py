@@ -1,0 +1,342 @@
+"""Backends apply one allocation to the world; the actuator decides when and how often.
+
+Each backend is an object with a ``name`` and ``apply(alloc) -> str`` that returns a short
+description of what it did and raises ``ApplyError`` when it could not. An error says whether a
+retry can help (``retryable``): a timed-out command can, an id that would be unsafe to pass on
+cannot, so the actuator dead-letters the latter at once.
+
+Nothing here talks to Redis: a backend can be used, and tested, on its own.
+
+>>> b = CommandBackend(["echo", "{app}", "cpu={cpu_millicores}m"])
+>>> b.render(_example())
+['echo', 'billing-api', 'cpu=250m']
+>>> KubernetesBackend(namespace="prod").patch(_example())["spec"]["containers"][0]["resources"]
+{'requests': {'cpu': '250m', 'memory': '512Mi'}, 'limits': {'cpu': '250m', 'memory': '512Mi'}}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import string
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import orjson
+
+from fpstream.events import ID_PATTERN, Allocation
+
+log = logging.getLogger("fpstream.actuate")
+
+#: ``subprocess.run``-compatible callable; tests pass a recorder instead.
+Runner = Callable[..., "subprocess.CompletedProcess[str]"]
+
+MAX_ID_LEN = 128
+_MIB = 1 << 20
+# A Kubernetes object name (DNS-1123 subdomain) and a namespace or container name (label).
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+class ApplyError(Exception):
+    """A backend could not apply an allocation; ``retryable`` says whether trying again helps."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Backend(Protocol):
+    """What the actuator needs from a backend."""
+
+    name: str
+
+    def apply(self, alloc: Allocation) -> str:
+        """Apply ``alloc``; return what was done, raise ``ApplyError`` if it was not."""
+        ...
+
+
+def check_id(name: str, value: object) -> str:
+    """``value`` if it is an id the wire contract allows, else a non-retryable ``ApplyError``."""
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_LEN \
+            or not ID_PATTERN.fullmatch(value):
+        msg = f"{name} must match [A-Za-z0-9._:/@-]{{1,{MAX_ID_LEN}}}, got {value!r:.160}"
+        raise ApplyError(msg, retryable=False)
+    return value
+
+
+def placeholders(alloc: Allocation) -> dict[str, Any]:
+    """The values a template may use; sizes are whole units so commands get integers."""
+    reserve = alloc.reserve
+    values: dict[str, Any] = {
+        "id": alloc.id, "app": alloc.app, "instance": alloc.instance,
+        "seq": alloc.id.rsplit("/", 1)[-1], "kind": alloc.kind,
+        "instance_type": alloc.instance_type, "policy": alloc.policy,
+        "cluster": alloc.cluster, "confidence": alloc.confidence,
+    }
+    for key in ("cpu_cores", "mem_bytes", "disk_bytes", "disk_bps", "net_bps"):
+        if key in reserve:
+            value = reserve[key]
+            values[key] = value if key == "cpu_cores" else _whole(value)
+    if "cpu_cores" in reserve:
+        values["cpu_millicores"] = _millicores(reserve["cpu_cores"])
+    if "mem_bytes" in reserve:
+        values["mem_mib"] = _mebibytes(reserve["mem_bytes"])
+    return values
+
+
+#: Every placeholder a template may name; anything else is refused at construction.
+PLACEHOLDERS: frozenset[str] = frozenset({
+    "id", "app", "instance", "seq", "kind", "instance_type", "policy", "cluster", "confidence",
+    "cpu_cores", "mem_bytes", "disk_bytes", "disk_bps", "net_bps", "cpu_millicores", "mem_mib",
+})
+_STRING_PLACEHOLDERS = frozenset({"id", "app", "instance", "instance_type", "policy", "kind"})
+
+
+def _whole(value: float) -> int:
+    return int(math.ceil(value))
+
+
+def _millicores(cores: float) -> int:
+    # Rounded up: a reservation below the prediction is the failure the policy exists to avoid.
+    return max(1, int(math.ceil(cores * 1000 - 1e-9)))
+
+
+def _mebibytes(nbytes: float) -> int:
+    return max(1, int(math.ceil(nbytes / _MIB - 1e-9)))
+
+
+def template_fields(template: str) -> list[str]:
+    """Placeholder names in ``template``; ``ValueError`` for unknown or computed ones."""
+    names = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as ex:
+        raise ValueError(f"template part {template!r} is not a valid format string: {ex}") from ex
+    for _, field, spec, _ in parsed:
+        if field is None:
+            continue
+        if field not in PLACEHOLDERS:
+            known = ", ".join(sorted(PLACEHOLDERS))
+            msg = f"template part {template!r} names {{{field}}}; expected one of: {known}"
+            raise ValueError(msg)
+        if spec and "{" in spec:
+            raise ValueError(f"template part {template!r}: nested placeholders are not allowed")
+        names.append(field)
+    return names
+
+
+class LogBackend:
+    """Dry run: logs what would be applied and changes nothing (the default backend)."""
+
+    name = "log"
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or log
+
+    def apply(self, alloc: Allocation) -> str:
+        line = orjson.dumps({"id": alloc.id, "instance_type": alloc.instance_type,
+                             "reserve": alloc.reserve}).decode()
+        self.logger.info("dry run: would apply %s", line)
+        return f"dry run {alloc.id}"
+
+
+class CommandBackend:
+    """Runs a configured program per allocation, without a shell.
+
+    The template is an argv list; each part is filled with ``str.format_map`` from
+    ``placeholders``. Ids are checked against the wire contract before anything runs, and an id
+    starting with ``-`` is refused too, because the program would read it as an option.
+    """
+
+    name = "command"
+
+    def __init__(self, argv: Sequence[str], *, timeout_s: float = 30.0,
+                 env: Mapping[str, str] | None = None, runner: Runner | None = None) -> None:
+        if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ValueError(f"command template must be a non-empty list of strings, got {argv!r}")
+        if template_fields(argv[0]):
+            raise ValueError(f"the program (first part) must be fixed, got {argv[0]!r}")
+        self.fields = sorted({f for part in argv for f in template_fields(part)})
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.argv = list(argv)
+        self.timeout_s = timeout_s
+        self.env = dict(env) if env is not None else None
+        self.runner: Runner = runner or subprocess.run
+
+    def render(self, alloc: Allocation) -> list[str]:
+        """The argv for ``alloc``; a non-retryable ``ApplyError`` if a value is unsafe."""
+        values = placeholders(alloc)
+        for name in {"app", "instance", "id"} | (set(self.fields) & _STRING_PLACEHOLDERS):
+            if str(values[name]).startswith("-"):
+                raise ApplyError(f"{name} {values[name]!r} starts with '-'", retryable=False)
+            check_id(name, values[name])
+        missing = [f for f in self.fields if f not in values]
+        if missing:
+            raise ApplyError(f"allocation {alloc.id} has no reserve for {missing}",
+                             retryable=False)
+        return [part.format_map(values) for part in self.argv]
+
+    def apply(self, alloc: Allocation) -> str:
+        argv = self.render(alloc)
+        try:
+            done = self.runner(argv, shell=False, timeout=self.timeout_s, capture_output=True,
+                               text=True, check=False, env=self.env, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as ex:
+            raise ApplyError(f"{argv[0]} did not finish within {self.timeout_s} s") from ex
+        except OSError as ex:
+            raise ApplyError(f"cannot run {argv[0]}: {ex}") from ex
+        if done.returncode != 0:
+            raise ApplyError(f"{argv[0]} exited with {done.returncode}: {_tail(done.stderr)}")
+        return _tail(done.stdout) or f"{argv[0]} ok"
+
+
+class KubernetesBackend:
+    """Resizes a running pod in place: requests and limits of one container.
+
+    ``kubectl patch pod NAME --subresource resize`` with a *strategic* merge patch: containers
+    are merged by name, whereas a JSON merge patch would replace the whole container list.
+    """
+
+    name = "kubernetes"
+
+    def __init__(self, *, namespace: str = "default", pod_template: str = "{instance}",
+                 container: str = "app", kubectl: str = "kubectl", context: str | None = None,
+                 set_limits: bool = True, timeout_s: float = 30.0,
+                 runner: Runner | None = None) -> None:
+        for name, value in (("namespace", namespace), ("container", container)):
+            if not _DNS_LABEL.fullmatch(value):
+                raise ValueError(f"{name} must be a DNS-1123 label, got {value!r}")
+        template_fields(pod_template)
+        self.namespace = namespace
+        self.pod_template = pod_template
+        self.container = container
+        self.kubectl = kubectl
+        self.context = context
+        self.set_limits = set_limits
+        self.timeout_s = timeout_s
+        self.runner: Runner = runner or subprocess.run
+
+    def pod_name(self, alloc: Allocation) -> str:
+        """The pod to resize; ``ApplyError`` (not retryable) if it is no valid object name."""
+        check_id("instance", alloc.instance)
+        check_id("app", alloc.app)
+        name = self.pod_template.format_map(placeholders(alloc))
+        if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
+            msg = f"pod name {name!r} from {self.pod_template!r} is not a DNS-1123 name"
+            raise ApplyError(msg, retryable=False)
+        return name
+
+    def patch(self, alloc: Allocation) -> dict[str, Any]:
+        """The strategic merge patch: CPU in millicores, memory in MiB, both rounded up."""
+        quantities: dict[str, str] = {}
+        if "cpu_cores" in alloc.reserve:
+            quantities["cpu"] = f"{_millicores(alloc.reserve['cpu_cores'])}m"
+        if "mem_bytes" in alloc.reserve:
+            quantities["memory"] = f"{_mebibytes(alloc.reserve['mem_bytes'])}Mi"
+        if not quantities:
+            msg = f"allocation {alloc.id} reserves neither cpu_cores nor mem_bytes"
+            raise ApplyError(msg, retryable=False)
+        resources = {"requests": quantities}
+        if self.set_limits:
+            resources["limits"] = dict(quantities)
+        return {"spec": {"containers": [{"name": self.container, "resources": resources}]}}
+
+    def argv(self, alloc: Allocation) -> list[str]:
+        context = ["--context", self.context] if self.context else []
+        return [self.kubectl, *context, "patch", "pod", self.pod_name(alloc), "-n",
+                self.namespace, "--subresource", "resize", "--type", "strategic",
+                "-p", json.dumps(self.patch(alloc), separators=(",", ":"))]
+
+    def apply(self, alloc: Allocation) -> str:
+        argv = self.argv(alloc)
+        try:
+            done = self.runner(argv, shell=False, timeout=self.timeout_s, capture_output=True,
+                               text=True, check=False, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as ex:
+            raise ApplyError(f"kubectl did not finish within {self.timeout_s} s") from ex
+        except OSError as ex:
+            raise ApplyError(f"cannot run {self.kubectl}: {ex}") from ex
+        if done.returncode != 0:
+            raise ApplyError(f"kubectl patch exited with {done.returncode}: "
+                             f"{_tail(done.stderr)}")
+        return _tail(done.stdout) or f"patched pod {argv[argv.index('pod') + 1]}"
+
+
+class FileBackend:
+    """Desired state for GitOps: ``DIR/<app>/<instance>.json``, one file per instance.
+
+    Each file is written to a temporary file in the same directory and renamed over the old
+    one, so a reader (or a git commit) sees the old or the new content, never half of it. The
+    content has no wall-clock time, so re-applying the same allocation changes nothing.
+    """
+
+    name = "file"
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.out_dir = Path(out_dir)
+
+    def path_for(self, alloc: Allocation) -> Path:
+        return self.out_dir / safe_name(alloc.app) / f"{safe_name(alloc.instance)}.json"
+
+    def apply(self, alloc: Allocation) -> str:
+        target = self.path_for(alloc)
+        body = orjson.dumps(asdict(alloc), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, body + b"\n")
+        except OSError as ex:
+            raise ApplyError(f"cannot write {target}: {ex}") from ex
+        return f"wrote {target}"
+
+
+def safe_name(value: str) -> str:
+    """A file name for an id: ``/ : @`` and a leading ``.`` percent-encoded, so ids map 1:1.
+
+    >>> safe_name("web/eu:1@x"), safe_name("..")
+    ('web%2Feu%3A1%40x', '%2E.')
+    """
+    check_id("id", value)
+    name = quote(value, safe="")
+    return "%2E" + name[1:] if name.startswith(".") else name
+
+
+def atomic_write(target: Path, data: bytes) -> None:
+    """Replace ``target`` with ``data`` in one rename, durable once this returns."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o644)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _tail(text: str | None, limit: int = 400) -> str:
+    text = (text or "").strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def _example() -> Allocation:
+    return Allocation(id="billing-api/vm-1/3", ts=1.7e9, app="billing-api", instance="vm-1",
+                      kind="resize", instance_type="m.large",
+                      reserve={"cpu_cores": 0.25, "mem_bytes": 512 * _MIB}, predicted={},
+                      cluster=1, confidence=0.9, policy="p95-h15", model_version=1)

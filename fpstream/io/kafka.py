@@ -1,0 +1,107 @@
+"""Kafka adapters: the source of metrics and deploys, the sink of every output topic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bytewax.connectors.kafka import (
+    KafkaError,
+    KafkaSink,
+    KafkaSinkMessage,
+    KafkaSource,
+    KafkaSourceMessage,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from fpstream.events import Allocation, Anomaly, DeadLetter, Event, encode
+from fpstream.ingest import Origin, RawMessage
+from fpstream.settings import Settings
+
+#: librdkafka's default group session timeout makes some brokers slow to settle a group; 6 s
+#: is a sound choice for any Kafka and keeps test and demo start-up quick.
+CONSUMER_DEFAULTS: dict[str, Any] = {"session.timeout.ms": 6000}
+
+
+def make_source(settings: Settings, tail: bool = True, batch_size: int = 500) -> KafkaSource:
+    """Both input topics; partitions are assigned by Bytewax and offsets kept in recovery."""
+    return KafkaSource(
+        brokers=settings.brokers.split(","),
+        topics=[settings.topic_metrics, settings.topic_deploys],
+        tail=tail,
+        add_config={str(k): str(v) for k, v in settings.kafka_options.items()},
+        batch_size=batch_size,
+        raise_on_errors=False,
+    )
+
+
+def make_sink(settings: Settings) -> KafkaSink:
+    """One producer per worker; each message names its topic."""
+    config = {"linger.ms": "20", **{str(k): str(v) for k, v in settings.kafka_options.items()}}
+    return KafkaSink(brokers=settings.brokers.split(","), topic=None, add_config=config)
+
+
+def to_raw(msg: KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[Any, Any]
+           ) -> RawMessage:
+    """A Kafka message as the core sees it; a consumer error keeps its origin for the DLQ."""
+    if isinstance(msg, KafkaError):
+        inner = msg.msg
+        origin = Origin(inner.topic, inner.partition, inner.offset, _ts(inner.timestamp))
+        return RawMessage(origin, inner.key, None)
+    return RawMessage(Origin(msg.topic, msg.partition, msg.offset, _ts(msg.timestamp)),
+                      msg.key, msg.value)
+
+
+def _ts(timestamp: tuple[int, int] | None) -> float:
+    # The broker/producer timestamp, in seconds: the only time a malformed message has, and
+    # one that a replay of the topic reproduces.
+    if not timestamp or timestamp[1] <= 0:
+        return 0.0
+    return timestamp[1] / 1000.0
+
+
+def to_message(event: Event, settings: Settings) -> KafkaSinkMessage[bytes, bytes]:
+    """Route an output event to its topic, keyed by app (dead letters by reason)."""
+    if isinstance(event, Allocation):
+        topic, key = settings.topic_allocations, event.app
+    elif isinstance(event, Anomaly):
+        topic, key = settings.topic_anomalies, event.app
+    elif isinstance(event, DeadLetter):
+        topic, key = settings.topic_deadletter, event.reason
+    else:
+        msg = f"no output topic for {type(event).__name__}"
+        raise TypeError(msg)
+    headers = [("fpstream-id", event.id.encode())] if hasattr(event, "id") else []
+    return KafkaSinkMessage(key.encode(), encode(event), topic=topic, headers=headers)
+
+
+def input_partitions(settings: Settings, timeout: float = 10.0) -> list[str]:
+    """``topic:partition`` for every partition of the metrics topic."""
+    admin = AdminClient(settings.kafka_config())
+    topic = admin.list_topics(settings.topic_metrics, timeout=timeout).topics.get(
+        settings.topic_metrics)
+    if topic is None or topic.error is not None:
+        return []
+    return [f"{settings.topic_metrics}:{p}" for p in sorted(topic.partitions)]
+
+
+def missing_topics(settings: Settings, names: list[str], timeout: float = 10.0) -> list[str]:
+    """Topics among ``names`` that the cluster does not have."""
+    admin = AdminClient(settings.kafka_config())
+    meta = admin.list_topics(timeout=timeout)
+    return [n for n in names if n not in meta.topics]
+
+
+def create_topics(settings: Settings, names: list[str], partitions: int,
+                  timeout: float = 30.0) -> None:
+    """Create missing topics (replication factor 1 unless the broker's default is used)."""
+    admin = AdminClient(settings.kafka_config())
+    todo = missing_topics(settings, names, timeout)
+    if not todo:
+        return
+    futures = admin.create_topics([NewTopic(n, num_partitions=partitions) for n in todo])
+    for name, future in futures.items():
+        try:
+            future.result(timeout)
+        except Exception as ex:  # noqa: BLE001 - a concurrent creator is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(ex):
+                raise RuntimeError(f"cannot create topic {name}: {ex}") from ex

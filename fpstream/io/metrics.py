@@ -1,0 +1,95 @@
+"""Prometheus metrics of a flow process, on a registry passed in (never the global one)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from fpstream.events import REASONS, RESOURCES
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_LATENCY_BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0)
+
+
+class FlowMetrics:
+    """Every metric a flow process exports; label values come from small fixed sets."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "fpstream_ingest_messages_total", "Kafka messages read, by topic kind.",
+            ["kind"], registry=r)
+        self.samples = Counter(
+            "fpstream_ingest_samples_total", "Metric samples accepted.", registry=r)
+        self.deploys = Counter(
+            "fpstream_ingest_deploys_total", "Deploy requests accepted.", registry=r)
+        self.decode_errors = Counter(
+            "fpstream_ingest_decode_errors_total", "Objects refused by the decoder, by reason.",
+            ["reason"], registry=r)
+        self.deadletters = Counter(
+            "fpstream_deadletters_total", "Dead letters written, by reason.",
+            ["reason"], registry=r)
+        self.late = Counter(
+            "fpstream_window_late_samples_total",
+            "Samples older than the allowed lateness (dead-lettered).", registry=r)
+        self.windows = Counter(
+            "fpstream_window_closed_total", "Windows closed (one per instance and window).",
+            registry=r)
+        self.apps = Gauge(
+            "fpstream_model_apps", "Applications tracked by the model stage.", registry=r)
+        self.instances = Gauge(
+            "fpstream_model_instances", "Instances tracked by the model stage.", registry=r)
+        self.expired = Counter(
+            "fpstream_model_expired_total", "Idle applications or instances expired, by what.",
+            ["what"], registry=r)
+        self.clusters = Gauge(
+            "fpstream_model_clusters", "Fingerprint clusters currently defined.", registry=r)
+        self.mae = Gauge(
+            "fpstream_model_prediction_mae_ratio",
+            "Progressive-validation mean absolute error of the need prediction, relative to "
+            "the observed need, by resource.", ["resource"], registry=r)
+        self.allocations = Counter(
+            "fpstream_allocations_emitted_total", "Allocation events emitted, by kind.",
+            ["kind"], registry=r)
+        self.anomalies = Counter(
+            "fpstream_anomalies_emitted_total", "Anomaly events emitted, by severity.",
+            ["severity"], registry=r)
+        self.latency = Histogram(
+            "fpstream_step_latency_seconds", "Time spent in one call of a flow step.",
+            ["step"], buckets=_LATENCY_BUCKETS, registry=r)
+        # Make every fixed label value visible from the start, so dashboards and alert rules
+        # see zeros instead of missing series.
+        for reason in REASONS:
+            self.decode_errors.labels(reason)
+            self.deadletters.labels(reason)
+        for resource in RESOURCES:
+            self.mae.labels(resource)
+        for kind in ("proactive", "resize"):
+            self.allocations.labels(kind)
+        for severity in ("warn", "critical"):
+            self.anomalies.labels(severity)
+
+    def timed(self, step: str, fn: Callable[P, R]) -> Callable[P, R]:
+        """Wrap a step function so each call is observed in the latency histogram."""
+        histogram = self.latency.labels(step)
+
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                histogram.observe(time.perf_counter() - start)
+
+        wrapper.__name__ = getattr(fn, "__name__", step)
+        return wrapper
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        """Expose ``/metrics`` on ``port``; 0 means no exposition."""
+        if port:
+            start_http_server(port, addr=addr, registry=self.registry)

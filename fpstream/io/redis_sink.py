@@ -1,0 +1,109 @@
+"""Redis outputs: the actuators' allocation stream, desired state and cluster definitions.
+
+Writes are idempotent: after a worker resumes from a snapshot it may emit the same allocations
+again, and the script below refuses any allocation whose sequence number is not newer than the
+one already desired for that instance, so the stream never carries a duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import redis
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from fpstream.events import Allocation, encode
+from fpstream.model import ClusterDef, ClusterMembers
+from fpstream.settings import Settings, mask_url
+
+# KEYS: stream, desired hash. ARGV: instance, seq, json, maxlen, id, app.
+_PUBLISH_ALLOCATION = """
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old then
+  local last = tonumber(string.match(cjson.decode(old)['id'], '(%d+)$'))
+  if last and last >= tonumber(ARGV[2]) then return 0 end
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*',
+           'id', ARGV[5], 'app', ARGV[6], 'instance', ARGV[1], 'data', ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+"""
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A client for the configured Redis, checked with a PING so a bad URL fails at start."""
+    client = redis.Redis.from_url(settings.redis_url, **settings.redis_options)
+    try:
+        client.ping()
+    except redis.RedisError as ex:
+        msg = f"cannot reach Redis at {mask_url(settings.redis_url)}: {ex}"
+        raise ConnectionError(msg) from ex
+    return client
+
+
+def allocation_seq(alloc: Allocation) -> int:
+    return int(alloc.id.rsplit("/", 1)[1])
+
+
+class RedisPublisher:
+    """Writes one batch of outputs in a single pipeline."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self._publish = client.register_script(_PUBLISH_ALLOCATION)
+
+    def write(self, items: Iterable[Allocation | ClusterDef | ClusterMembers]) -> int:
+        """Publish; returns how many allocations were new (not redeliveries)."""
+        s = self.settings
+        pipe = self.client.pipeline(transaction=False)
+        is_allocation: list[bool] = []
+        for item in items:
+            if isinstance(item, Allocation):
+                keys = [s.key("allocations"), s.key("desired", item.app)]
+                argv = [item.instance, allocation_seq(item), encode(item),
+                        s.allocations_maxlen, item.id, item.app]
+                self._publish(keys=keys, args=argv, client=pipe)
+                is_allocation.append(True)
+            elif isinstance(item, ClusterDef):
+                pipe.hset(s.key("clusters"), str(item.id), orjson.dumps(_cluster_doc(item)))
+                is_allocation.append(False)
+            else:
+                # Replace the whole mapping: apps that expired must not linger in it.
+                pipe.delete(s.key("app_cluster"))
+                is_allocation.append(False)
+                if item.apps:
+                    pipe.hset(s.key("app_cluster"), mapping={a: c for a, c in item.apps.items()})
+                    is_allocation.append(False)
+        if not is_allocation:
+            return 0
+        results: list[Any] = pipe.execute()
+        return sum(1 for flag, r in zip(is_allocation, results, strict=True) if flag and r == 1)
+
+
+def _cluster_doc(c: ClusterDef) -> dict[str, Any]:
+    return {"id": c.id, "ts": c.ts, "version": c.version, "members": c.members,
+            "centroid": list(c.centroid), "needs": c.needs}
+
+
+class _Partition(StatelessSinkPartition[Any]):
+    def __init__(self, publisher: RedisPublisher) -> None:
+        self.publisher = publisher
+
+    def write_batch(self, items: list[Any]) -> None:
+        self.publisher.write(items)
+
+    def close(self) -> None:
+        self.publisher.client.close()
+
+
+class RedisSink(DynamicSink[Any]):
+    """Bytewax sink: one Redis connection per worker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
+        return _Partition(RedisPublisher(connect(self.settings), self.settings))

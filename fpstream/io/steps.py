@@ -1,0 +1,210 @@
+"""Bytewax glue: the core's steps wrapped with their metrics and their state's lifecycle.
+
+Each class here adapts one core object to Bytewax's ``StatefulLogic`` (snapshot for recovery,
+end-of-stream flush, idle expiry); the maths stays in the core modules.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bytewax.operators import StatefulLogic
+
+from fpstream.catalog import Catalog
+from fpstream.events import DeadLetter, DeployRequest
+from fpstream.features import WindowFeatures
+from fpstream.ingest import (
+    AppSeen,
+    Decoded,
+    Progress,
+    ProgressTracker,
+    RawMessage,
+    SampleBatch,
+    decode_raw,
+    sample_letters,
+)
+from fpstream.io.metrics import FlowMetrics
+from fpstream.model import ClusterDef, ClusterMembers, ModelConfig, ModelStage
+from fpstream.policy import Policy
+from fpstream.profile import AppProfile, ProfileSnapshot
+from fpstream.settings import Settings
+from fpstream.windows import AppWindows
+
+
+class Steps:
+    """The stateless steps of the flow, bound to settings and metrics."""
+
+    def __init__(self, settings: Settings, metrics: FlowMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.limits = settings.limits
+        self.progress = ProgressTracker(settings.allowed_lateness_s)
+
+    def decode(self, msg: RawMessage) -> list[Decoded]:
+        kind = "deploy" if msg.origin.topic == self.settings.topic_deploys else "metric"
+        self.metrics.messages.labels(kind).inc()
+        items = decode_raw(msg, kind, self.limits)
+        batches = [i for i in items if isinstance(i, SampleBatch)]
+        if batches:
+            items.extend(self.progress.observe(msg.origin, batches))
+        m = self.metrics
+        for item in items:
+            if isinstance(item, SampleBatch):
+                m.samples.inc(len(item.samples))
+            elif isinstance(item, DeployRequest):
+                m.deploys.inc()
+            elif isinstance(item, DeadLetter):
+                m.decode_errors.labels(item.reason).inc()
+        return items
+
+    def count_deadletter(self, letter: DeadLetter) -> DeadLetter:
+        self.metrics.deadletters.labels(letter.reason).inc()
+        return letter
+
+    def count_output(self, item: Any) -> Any:
+        from fpstream.events import Allocation, Anomaly
+
+        if isinstance(item, Allocation):
+            self.metrics.allocations.labels(item.kind).inc()
+        elif isinstance(item, Anomaly):
+            self.metrics.anomalies.labels(item.severity).inc()
+        return item
+
+
+class _Pickled(StatefulLogic[Any, Any, bytes]):
+    """Snapshots are pickled bytes: an immutable copy, as Bytewax requires."""
+
+    state: Any
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class WindowLogic(_Pickled):
+    """Per app: event-time windows; late samples leave as dead letters, never dropped."""
+
+    def __init__(self, settings: Settings, metrics: FlowMetrics, resume: bytes | None) -> None:
+        self.metrics = metrics
+        self.idle = timedelta(seconds=settings.app_ttl_s)
+        self.state: AppWindows = (pickle.loads(resume) if resume is not None else
+                                  AppWindows(settings.window_s, settings.allowed_lateness_s))
+        self._touched = datetime.now(UTC)
+
+    def on_item(self, value: SampleBatch) -> tuple[Iterable[Any], bool]:
+        self._touched = datetime.now(UTC)
+        out = self.state.add_many(value.samples)
+        emitted: list[Any] = list(out.closed)
+        if out.late:
+            self.metrics.late.inc(len(out.late))
+            detail = f"arrived after its window closed (watermark {self.state.watermark})"
+            emitted.extend(sample_letters(out.late, value.origin, detail))
+        self.metrics.windows.inc(len(out.closed))
+        return emitted, StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
+        closed = self.state.flush()
+        self.metrics.windows.inc(len(closed))
+        return closed, StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
+        # Idle in real time for the whole TTL: close what is open and free the state.
+        closed = self.state.flush()
+        self.metrics.windows.inc(len(closed))
+        self.metrics.expired.labels("window_state").inc()
+        return closed, StatefulLogic.DISCARD
+
+    def notify_at(self) -> datetime | None:
+        return self._touched + self.idle
+
+
+class ProfileLogic(_Pickled):
+    """Per app: the smoothed profile and its periodicity history."""
+
+    def __init__(self, settings: Settings, resume: bytes | None) -> None:
+        self.idle = timedelta(seconds=settings.app_ttl_s)
+        self.state: AppProfile = pickle.loads(resume) if resume is not None else AppProfile(
+            decision_period_s=settings.decision_period_s)
+        self._touched = datetime.now(UTC)
+
+    def on_item(self, value: WindowFeatures) -> tuple[Iterable[ProfileSnapshot], bool]:
+        self._touched = datetime.now(UTC)
+        return [self.state.update(value)], StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[ProfileSnapshot], bool]:
+        return [], StatefulLogic.DISCARD
+
+    def notify_at(self) -> datetime | None:
+        return self._touched + self.idle
+
+
+class ModelLogic(_Pickled):
+    """The single fleet-wide model stage."""
+
+    def __init__(self, settings: Settings, metrics: FlowMetrics, resume: bytes | None,
+                 sources: Sequence[str] = ()) -> None:
+        self.metrics = metrics
+        if resume is not None:
+            self.state: ModelStage = pickle.loads(resume)
+        else:
+            catalog = Catalog.load(settings.catalog_path)
+            policy = Policy(quantile=settings.target_quantile, headroom=settings.headroom)
+            self.state = ModelStage(ModelConfig.from_settings(settings), catalog, policy,
+                                    sources)
+        self._reported = (0, 0, 0)
+        self.idle_check = timedelta(seconds=max(1.0, settings.idle_s / 2))
+
+    def on_item(self, value: ProfileSnapshot | DeployRequest | Progress | AppSeen
+                ) -> tuple[Iterable[Any], bool]:
+        now = time.monotonic()
+        if isinstance(value, DeployRequest):
+            out = self.state.on_deploy(value, now)
+        elif isinstance(value, Progress):
+            out = self.state.on_progress(value.source, value.ts, now)
+        elif isinstance(value, AppSeen):
+            out = self.state.on_app_seen(value.app, value.ts, now)
+        else:
+            out = self.state.on_profile(value, now)
+        self._observe()
+        return out, StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
+        out = self.state.on_idle(time.monotonic())
+        self._observe()
+        return out, StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        # Wake up now and then so that apps gone quiet stop holding the others back.
+        return datetime.now(UTC) + self.idle_check
+
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
+        out = self.state.flush()
+        self._observe()
+        return out, StatefulLogic.RETAIN
+
+    def _observe(self) -> None:
+        m, stage = self.metrics, self.state
+        summary = stage.summary()
+        m.apps.set(summary["apps"])
+        m.instances.set(summary["instances"])
+        m.clusters.set(summary["clusters"])
+        for resource, value in summary["mae"].items():
+            m.mae.labels(resource).set(value)
+        s = stage.stats
+        now = (s.expired_instances, s.expired_apps, s.evicted_apps)
+        for what, new, old in zip(("instance", "app", "evicted_app"), now, self._reported,
+                                  strict=True):
+            if new > old:
+                m.expired.labels(what).inc(new - old)
+        self._reported = now
+
+
+def is_cluster_def(item: Any) -> bool:
+    """Cluster definitions and memberships go to Redis only, not to a Kafka topic."""
+    return isinstance(item, ClusterDef | ClusterMembers)
+
+
+__all__ = ["ModelLogic", "ProfileLogic", "Steps", "WindowLogic", "is_cluster_def"]

@@ -1,0 +1,424 @@
+"""The model stage: fingerprint, cluster, predict, check and allocate, for the whole fleet.
+
+One ``ModelStage`` sees every app (the flow routes it all under one key): it sees one event per
+instance per closed window, far fewer than raw samples, and global models learn from every app.
+
+Determinism. Windows of different apps reach this stage in an order that depends on how
+partitions were spread over workers and how fast each worker went, but each app's own snapshots
+arrive in event-time order (one worker owns an app). So the stage keeps every app's newest event
+time and processes buffered snapshots in ``(ts, app, instance)`` order only below the slowest
+active app's newest time (a low watermark, as in Flink or Beam), and everything at end of
+stream. A replay therefore gives the same allocations on one process or several, however far
+one worker runs ahead, for every app the stage knows of: an app joins when its first snapshot
+or its deploy request arrives, and a brand-new app that sends samples without announcing
+itself may find the fleet's models already past its first windows (those snapshots are
+counted as ``out_of_order``). An app that has sent nothing for ``idle_s`` seconds of arrival
+time stops holding the watermark back (the idleness rule of those systems), so a dead agent
+does not stall the fleet; arrival time is passed in by the caller and decides only when
+snapshots are processed, never what is learned from them. Deploy requests do not wait: they
+are answered on arrival.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+import math
+from dataclasses import dataclass, field
+from collections.abc import Sequence
+from typing import Any
+
+from river import stats
+
+from fpstream.anomaly import ResidualDetector
+from fpstream.catalog import Catalog
+from fpstream.clustering import FleetClusters
+from fpstream.coldstart import ColdStart
+from fpstream.events import RESOURCES, Allocation, Anomaly, DeployRequest
+from fpstream.fingerprint import Fingerprinter
+from fpstream.policy import Policy, changed_materially
+from fpstream.predict import NeedPredictor
+from fpstream.profile import ProfileSnapshot
+from fpstream.settings import Settings
+from fpstream.vectors import profile_vector, predictor_features
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    """Output precision: millicores and whole bytes, so the last bits of float sums (which
+    depend on how numpy batched a computation) never show in an allocation."""
+    return {k: round(v, 3) if k == "cpu_cores" else float(round(v)) for k, v in values.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterDef:
+    """What Redis publishes about a cluster: where it is, how big, what its members need."""
+
+    id: int
+    ts: float
+    version: int
+    members: int
+    centroid: tuple[float, ...]
+    needs: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterMembers:
+    """Which cluster each app belongs to after a re-clustering."""
+
+    ts: float
+    version: int
+    apps: dict[str, int]
+
+
+Output = Allocation | Anomaly | ClusterDef | ClusterMembers
+
+
+@dataclass(slots=True)
+class InstanceState:
+    app: str
+    instance: str
+    period_end: float | None = None
+    peak: dict[str, float] = field(default_factory=dict)
+    predicted: dict[str, float] | None = None
+    inputs: dict[str, dict[str, float]] | None = None
+    last: ProfileSnapshot | None = None
+    history: deque[dict[str, float]] = field(default_factory=lambda: deque(maxlen=12))
+    seq: int = 0
+    proactive_sent: bool = False
+    reserve: dict[str, float] | None = None
+    instance_type: str | None = None
+    last_ts: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    decision_period_s: float = 300.0
+    recluster_s: float = 3600.0
+    idle_s: float = 30.0
+    n_clusters: int = 6
+    dims: int = 4
+    seed: int = 42
+    change_threshold: float = 0.10
+    anomaly_threshold: float = 4.0
+    ttl_s: float = 86_400.0
+    max_apps: int = 100_000
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> ModelConfig:
+        return cls(
+            decision_period_s=s.decision_period_s, recluster_s=s.recluster_s,
+            idle_s=s.idle_s, n_clusters=s.n_clusters, dims=s.fingerprint_dims,
+            seed=s.seed, change_threshold=s.change_threshold,
+            anomaly_threshold=s.anomaly_threshold, ttl_s=s.app_ttl_s, max_apps=s.max_apps,
+        )
+
+
+@dataclass(slots=True)
+class StageStats:
+    """Counters the flow turns into Prometheus metrics after each call."""
+
+    out_of_order: int = 0  # snapshots that arrived after the stage had passed their time
+    expired_instances: int = 0
+    expired_apps: int = 0
+    evicted_apps: int = 0
+
+
+class ModelStage:
+    def __init__(self, config: ModelConfig, catalog: Catalog, policy: Policy,
+                 sources: Sequence[str] = ()) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.policy = policy
+        self.fingerprinter = Fingerprinter(dims=config.dims, seed=config.seed)
+        self.clusters = FleetClusters(k=config.n_clusters, seed=config.seed)
+        self.predictor = NeedPredictor(quantile=policy.quantile, seed=config.seed, lr=0.003)
+        self.detector = ResidualDetector(threshold=config.anomaly_threshold)
+        self.coldstart = ColdStart(seed=config.seed)
+        self.instances: dict[tuple[str, str], InstanceState] = {}
+        self.apps: dict[str, set[str]] = {}
+        self.error = {r: stats.Mean() for r in RESOURCES}
+        self.stats = StageStats()
+        self._buffer: list[tuple[float, str, str, int, ProfileSnapshot]] = []
+        self._arrivals = 0
+        self._app_ts: dict[str, float] = {}  # newest snapshot time per active app
+        self._app_arrival: dict[str, float] = {}  # when it arrived (caller's clock)
+        self._low: list[tuple[float, str]] = []  # (newest ts, app); stale entries skipped
+        # Per input partition: how far it has been read, and when that was last heard.
+        self._source_ts: dict[str, float] = dict.fromkeys(sources, -math.inf)
+        self._source_arrival: dict[str, float | None] = dict.fromkeys(sources)
+        self._first_arrival: float | None = None
+        self._drained = -math.inf
+        self._next_recluster: float | None = None
+
+    # -- entry points ---------------------------------------------------------------------
+
+    def on_profile(self, snap: ProfileSnapshot, arrived: float = 0.0) -> list[Output]:
+        """Buffer a snapshot; process every buffered one below the low watermark.
+
+        ``arrived`` is the caller's clock (seconds), used only to tell idle apps.
+        """
+        self._arrivals += 1
+        self._heard(arrived)
+        if snap.ts < self._drained:
+            self.stats.out_of_order += 1
+        heapq.heappush(self._buffer, (snap.ts, snap.app, snap.instance, self._arrivals, snap))
+        self._join(snap.app, snap.ts, arrived)
+        return self._drain(self.low_watermark(arrived), inclusive=False)
+
+    def on_progress(self, source: str, ts: float, arrived: float = 0.0) -> list[Output]:
+        """An input partition has been read up to ``ts``."""
+        self._heard(arrived)
+        self._source_ts[source] = max(self._source_ts.get(source, -math.inf), ts)
+        self._source_arrival[source] = arrived
+        return self._drain(self.low_watermark(arrived), inclusive=False)
+
+    def on_app_seen(self, app: str, ts: float, arrived: float = 0.0) -> list[Output]:
+        """An app's first sample was read: hold the watermark for its first windows."""
+        self._heard(arrived)
+        if app not in self._app_ts:
+            self._join(app, ts, arrived)
+        return []
+
+    def _heard(self, arrived: float) -> None:
+        if self._first_arrival is None:
+            self._first_arrival = arrived
+
+    def on_idle(self, now: float) -> list[Output]:
+        """Called when nothing arrived for a while: idle apps stop holding others back."""
+        return self._drain(self.low_watermark(now), inclusive=False)
+
+    def _join(self, app: str, ts: float, arrived: float) -> None:
+        if self._app_ts.get(app, -math.inf) < ts:
+            self._app_ts[app] = ts
+            heapq.heappush(self._low, (ts, app))
+        self._app_arrival[app] = arrived
+
+    def low_watermark(self, now: float) -> float:
+        """The event time below which no more snapshots are expected: the slowest active app's
+        newest, and no further than any active input partition has been read."""
+        start = now if self._first_arrival is None else self._first_arrival
+        read = [ts for src, ts in self._source_ts.items()
+                if now - (self._source_arrival[src] or start) <= self.config.idle_s]
+        return min(self._apps_low(now), min(read, default=math.inf))
+
+    def _apps_low(self, now: float) -> float:
+        while self._low:
+            ts, app = self._low[0]
+            if self._app_ts.get(app) != ts:
+                heapq.heappop(self._low)  # superseded by a newer snapshot of the app
+            elif now - self._app_arrival[app] > self.config.idle_s:
+                heapq.heappop(self._low)
+                del self._app_ts[app]  # idle: it rejoins with its next snapshot
+            else:
+                return ts
+        return math.inf  # no active app: nothing can still arrive before what is buffered
+
+    def flush(self) -> list[Output]:
+        """End of stream: process everything still buffered."""
+        return self._drain(math.inf)
+
+    def on_deploy(self, req: DeployRequest, arrived: float = 0.0) -> list[Output]:
+        """Answer a deploy request at once with a ``proactive`` allocation.
+
+        Its id ends in ``/0``: a proactive allocation precedes every resize of the instance
+        (sequence 1 on), so a late or redelivered request can never override a resize, and the
+        resizes do not depend on when the request arrived.
+        """
+        if req.app not in self.apps:
+            # A new app joins the low watermark from its announcement, so that its first
+            # windows are not overtaken by apps on a faster worker.
+            self._join(req.app, req.ts, arrived)
+        inst = self.instances.get((req.app, req.instance))
+        if inst is not None and inst.proactive_sent:
+            return []  # a redelivered request changes nothing
+        known = [self.instances[(req.app, i)] for i in sorted(self.apps.get(req.app, ()))]
+        own = [s.predicted for s in known if s.predicted]
+        if own:
+            need = {r: max(p.get(r, 0.0) for p in own) for r in RESOURCES}
+            cluster, confidence = self.clusters.cluster_of(req.app), 0.9
+        else:
+            guess = self.coldstart.predict(req.labels, req.requested)
+            need, cluster, confidence = guess.need, guess.cluster, guess.confidence
+        if inst is None:
+            inst = self._instance(req.app, req.instance, req.ts)
+        inst.proactive_sent = True
+        decision = self.policy.decide(need, self.catalog)
+        return [self._allocation(inst, 0, req.ts, "proactive", decision, need,
+                                 -1 if cluster is None else cluster, confidence)]
+
+    # -- ordered processing ---------------------------------------------------------------
+
+    def _drain(self, until: float, inclusive: bool = True) -> list[Output]:
+        out: list[Output] = []
+        while self._buffer and (self._buffer[0][0] < until or
+                                (inclusive and self._buffer[0][0] == until)):
+            snap = heapq.heappop(self._buffer)[-1]
+            self._drained = max(self._drained, snap.ts)
+            out.extend(self._maybe_recluster(snap.ts))
+            out.extend(self._process(snap))
+        return out
+
+    def _process(self, snap: ProfileSnapshot) -> list[Output]:
+        x = profile_vector(snap)
+        self.fingerprinter.learn_one(x)
+        z = self.fingerprinter.transform_one(x)
+        cluster = self.clusters.assign(snap.app, z)
+        self.coldstart.learn(snap.labels, snap.capacity, cluster, snap.recent_peak)
+        inst = self.instances.get((snap.app, snap.instance))
+        if inst is None:
+            inst = self._instance(snap.app, snap.instance, snap.ts)
+        inst.last_ts = snap.ts
+        period = self.config.decision_period_s
+        out: list[Output] = []
+        if inst.period_end is None:
+            inst.period_end = math.ceil(snap.ts / period) * period
+        elif snap.ts > inst.period_end:
+            # A gap in the instance's windows: close the period it left open.
+            out.extend(self._close_period(inst, z, cluster))
+            inst.period_end = math.ceil(snap.ts / period) * period
+        for r in RESOURCES:
+            inst.peak[r] = max(inst.peak.get(r, 0.0), snap.peak.get(r, 0.0))
+        inst.last = snap
+        if snap.ts >= inst.period_end:
+            out.extend(self._close_period(inst, z, cluster))
+            inst.period_end += period
+        return out
+
+    def _close_period(self, inst: InstanceState, z: Any, cluster: int) -> list[Output]:
+        """Score the period that ended, learn from it, and decide the next one."""
+        assert inst.last is not None and inst.period_end is not None
+        out: list[Output] = []
+        if inst.predicted is not None and inst.inputs is not None:
+            for r in RESOURCES:
+                observed, predicted = inst.peak.get(r, 0.0), inst.predicted[r]
+                self.predictor.learn_one(r, inst.inputs[r], observed)
+                if observed > 0 or predicted > 0:
+                    self.error[r].update(abs(predicted - observed) / max(observed, predicted))
+                key = (f"{inst.app}/{inst.instance}", r)
+                score, severity = self.detector.score_one(key, observed, predicted)
+                self.detector.learn_one(key, observed, predicted)
+                if severity is not None:
+                    out.append(Anomaly(
+                        f"{key[0]}/{r}/{int(inst.period_end)}", inst.period_end, inst.app,
+                        inst.instance, r, observed, predicted, float(score), severity))
+        inst.history.append(dict(inst.peak) or dict(inst.last.recent_peak))
+        inputs = {r: predictor_features(inst.last, r, z, cluster, inst.period_end,
+                                        max(h.get(r, 0.0) for h in inst.history))
+                  for r in RESOURCES}
+        predicted = {r: max(0.0, self.predictor.predict_one(r, inputs[r])) for r in RESOURCES}
+        inst.inputs, inst.predicted = inputs, predicted
+        inst.peak = {}
+        decision = self.policy.decide(predicted, self.catalog)
+        if self._should_resize(inst, decision):
+            inst.seq += 1
+            inst.reserve = dict(decision.reserve)
+            inst.instance_type = decision.instance_type.name
+            out.append(self._allocation(inst, inst.seq, inst.period_end, "resize", decision,
+                                        predicted, cluster, self._confidence(inst.app)))
+        return out
+
+    def _should_resize(self, inst: InstanceState, decision: Any) -> bool:
+        """Resize when the current reservation no longer covers the predicted need, or when
+        the new one differs materially; at most once per period (this runs once per period)."""
+        if inst.reserve is None or inst.instance_type is None:
+            return True
+        short = any(decision.need.get(k, 0.0) > v for k, v in inst.reserve.items())
+        return short or changed_materially(
+            inst.reserve, decision.reserve, inst.instance_type, decision.instance_type.name,
+            self.config.change_threshold)
+
+    def _allocation(self, inst: InstanceState, seq: int, ts: float, kind: str, decision: Any,
+                    need: dict[str, float], cluster: int, confidence: float) -> Allocation:
+        return Allocation(
+            id=f"{inst.app}/{inst.instance}/{seq}", ts=ts, app=inst.app,
+            instance=inst.instance, kind=kind,  # type: ignore[arg-type]
+            instance_type=decision.instance_type.name, reserve=_rounded(decision.reserve),
+            predicted=_rounded(need), cluster=int(cluster),
+            confidence=round(confidence, 4), policy=self.policy.name,
+            model_version=self.fingerprinter.version,
+        )
+
+    def _confidence(self, app: str) -> float:
+        """Higher when the resource models have been accurate so far."""
+        errors = [m.get() for m in self.error.values() if m.n]
+        return 0.5 if not errors else max(0.05, 1.0 - sum(errors) / len(errors))
+
+    def _instance(self, app: str, instance: str, ts: float) -> InstanceState:
+        if app not in self.apps and len(self.apps) >= self.config.max_apps:
+            self._evict_oldest_app()
+        inst = InstanceState(app, instance, last_ts=ts)
+        self.instances[(app, instance)] = inst
+        self.apps.setdefault(app, set()).add(instance)
+        return inst
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    def _maybe_recluster(self, ts: float) -> list[Output]:
+        if self._next_recluster is None:
+            self._next_recluster = math.ceil(ts / self.config.recluster_s) * self.config.recluster_s
+        if ts < self._next_recluster:
+            return []
+        self._next_recluster = (math.floor(ts / self.config.recluster_s) + 1) * self.config.recluster_s
+        self._expire(ts)
+        if not self.clusters.members():
+            return []
+        self.clusters.recluster()
+        return self.cluster_defs(ts)
+
+    def cluster_defs(self, ts: float) -> list[ClusterDef | ClusterMembers]:
+        needs: dict[int, dict[str, list[float]]] = {}
+        for (app, _), inst in sorted(self.instances.items()):
+            cid = self.clusters.cluster_of(app)
+            if cid is None or not inst.predicted:
+                continue
+            for r, v in inst.predicted.items():
+                needs.setdefault(cid, {}).setdefault(r, []).append(v)
+        members = self.clusters.members()
+        centroids = self.clusters.centroids()
+        defs: list[ClusterDef | ClusterMembers] = []
+        for cid in sorted(centroids):
+            typical = {r: float(sorted(vs)[len(vs) // 2]) for r, vs in needs.get(cid, {}).items()}
+            self.coldstart.set_cluster_needs(cid, typical)
+            defs.append(ClusterDef(cid, ts, self.clusters.version, members.get(cid, 0),
+                                   tuple(float(v) for v in centroids[cid]), typical))
+        apps = {app: cid for app in sorted(self.apps)
+                if (cid := self.clusters.cluster_of(app)) is not None}
+        defs.append(ClusterMembers(ts, self.clusters.version, apps))
+        return defs
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.config.ttl_s
+        for key in [k for k, s in self.instances.items() if s.last_ts < horizon]:
+            self._drop_instance(key)
+            self.stats.expired_instances += 1
+
+    def _drop_instance(self, key: tuple[str, str]) -> None:
+        app, instance = key
+        del self.instances[key]
+        for r in RESOURCES:
+            self.detector.forget((f"{app}/{instance}", r))
+        members = self.apps.get(app)
+        if members is not None:
+            members.discard(instance)
+            if not members:
+                del self.apps[app]
+                self.clusters.forget(app)
+                self.stats.expired_apps += 1
+
+    def _evict_oldest_app(self) -> None:
+        oldest = min(self.apps, key=lambda a: max(self.instances[(a, i)].last_ts
+                                                  for i in self.apps[a]))
+        for instance in sorted(self.apps[oldest]):
+            self._drop_instance((oldest, instance))
+        self.stats.evicted_apps += 1
+
+    # -- observation ------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "apps": len(self.apps),
+            "instances": len(self.instances),
+            "clusters": len(self.clusters.centroids()),
+            "mae": {r: round(m.get(), 4) for r, m in self.error.items()},
+            "buffered": len(self._buffer),
+        }

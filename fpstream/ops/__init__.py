@@ -1,0 +1,1 @@
+"""Operational commands: running the flow, the demo, status."""

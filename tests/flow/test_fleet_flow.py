@@ -1,0 +1,136 @@
+"""The real flow over TestingSource, under run_main and a 2-worker cluster_main."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+
+from fpstream.events import RESOURCES
+from fpstream.io.embedded import free_port
+from fpstream.io.metrics import FlowMetrics
+from fpstream.settings import Settings
+from fpstream.simulator import archetype_of
+from flows.fleet import build_flow
+
+from .conftest import Outputs, kafka_messages
+
+pytestmark = pytest.mark.flow
+
+SIM = {"apps": 18, "minutes": 6 * 60, "seed": 7, "bad_share": 0.02}
+
+
+def run_flow(settings: Settings, messages: list, workers: int = 1) -> tuple[Outputs, FlowMetrics]:
+    out = Outputs()
+    metrics = FlowMetrics()
+    flow = build_flow(settings, source=TestingSource(messages, batch_size=50),
+                      kafka_sink=TestingSink(out.kafka), redis_sink=TestingSink(out.redis),
+                      metrics=metrics)
+    if workers == 1:
+        run_main(flow)
+    else:
+        cluster_main(flow, [f"127.0.0.1:{free_port()}"], 0, worker_count_per_proc=workers)
+    return out, metrics
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return Settings(recluster_s=3600.0)
+
+
+@pytest.fixture(scope="module")
+def single(settings: Settings) -> tuple[Outputs, FlowMetrics, Counter]:
+    messages, bad = kafka_messages(settings, **SIM)
+    out, metrics = run_flow(settings, messages)
+    return out, metrics, bad
+
+
+def value(metrics: FlowMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_bad_messages_become_dead_letters_with_their_reason(single) -> None:
+    out, metrics, bad = single
+    assert sum(bad.values()) > 0
+    got = Counter(d.reason for d in out.deadletters)
+    assert got == bad
+    for letter in out.deadletters:
+        assert letter.topic == "fpstream.metrics" and letter.offset is not None
+        assert letter.raw_b64
+    for reason, n in bad.items():
+        assert value(metrics, "fpstream_ingest_decode_errors_total", reason=reason) == n
+
+
+def test_allocations_are_emitted_for_every_instance(single) -> None:
+    out, metrics, _ = single
+    allocations = out.allocations
+    assert allocations, "no allocation emitted"
+    ids = [a.id for a in allocations]
+    assert len(ids) == len(set(ids))
+    by_instance: dict[str, list[int]] = {}
+    for a in allocations:
+        by_instance.setdefault(f"{a.app}/{a.instance}", []).append(int(a.id.rsplit("/", 1)[1]))
+        assert a.reserve["cpu_cores"] >= a.predicted["cpu_cores"]
+        assert a.reserve["mem_bytes"] >= a.predicted["mem_bytes"]
+        assert set(a.predicted) == set(RESOURCES)
+    for seqs in by_instance.values():
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    emitted = value(metrics, "fpstream_allocations_emitted_total", kind="resize") + value(
+        metrics, "fpstream_allocations_emitted_total", kind="proactive")
+    assert emitted == len(allocations)
+
+
+def test_at_most_one_resize_per_decision_period(single, settings: Settings) -> None:
+    out, _, _ = single
+    periods = Counter((a.app, a.instance, a.ts // settings.decision_period_s)
+                      for a in out.allocations if a.kind == "resize")
+    assert max(periods.values()) == 1
+
+
+def test_deploys_get_proactive_allocations(single) -> None:
+    out, _, _ = single
+    proactive = [a for a in out.allocations if a.kind == "proactive"]
+    assert proactive
+    first_seen = {}
+    for a in out.allocations:
+        first_seen.setdefault((a.app, a.instance), a)
+    for a in proactive:
+        assert first_seen[(a.app, a.instance)] == a  # the proactive one came first
+
+
+def test_clusters_are_published_and_separate_archetypes(single) -> None:
+    out, metrics, _ = single
+    assert out.cluster_defs and out.memberships
+    members = out.memberships[-1].apps
+    assert len(members) >= SIM["apps"]
+    by_cluster: dict[int, Counter] = {}
+    for app, cid in members.items():
+        by_cluster.setdefault(cid, Counter())[archetype_of(app)] += 1
+    purity = sum(max(c.values()) for c in by_cluster.values()) / len(members)
+    assert len(by_cluster) >= 3
+    assert purity >= 0.6, by_cluster
+    assert value(metrics, "fpstream_model_clusters") >= 3
+
+
+def test_windows_and_samples_are_counted(single) -> None:
+    _, metrics, _ = single
+    assert value(metrics, "fpstream_ingest_samples_total") > 1000
+    assert value(metrics, "fpstream_window_closed_total") > 100
+    assert value(metrics, "fpstream_model_apps") >= SIM["apps"]
+    for r in ("cpu_cores", "mem_bytes"):
+        assert 0 < value(metrics, "fpstream_model_prediction_mae_ratio", resource=r) < 1
+
+
+def test_same_allocations_on_two_workers(single, settings: Settings) -> None:
+    out, _, _ = single
+    messages, _ = kafka_messages(settings, **SIM)
+    two, _ = run_flow(settings, messages, workers=2)
+
+    def resizes(o: Outputs) -> list:
+        return sorted((a.id, a.instance_type, a.reserve["cpu_cores"], a.reserve["mem_bytes"])
+                      for a in o.allocations if a.kind == "resize")
+
+    assert resizes(two) == resizes(out)
+    assert Counter(d.reason for d in two.deadletters) == Counter(
+        d.reason for d in out.deadletters)
