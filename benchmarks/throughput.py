@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from fpstream.catalog import Catalog
 from fpstream.events import MetricSample, decode_message
 from fpstream.features import WindowFeatures
+from fpstream.ingest import SampleBatch
 from fpstream.io.embedded import EmbeddedServices
 from fpstream.io.kafka import make_source, to_raw
 from fpstream.io.metrics import FlowMetrics
@@ -38,10 +39,12 @@ from fpstream.simulator import simulate
 from fpstream.windows import AppWindows
 
 
-def produce(settings: Settings, apps: int, minutes: float) -> tuple[int, int]:
+def produce(settings: Settings, apps: int, minutes: float, interval: float) -> tuple[int, int]:
     producer = MessageProducer(settings)
     samples = messages = 0
-    for m in simulate(apps=apps, minutes=minutes, seed=1, deploy_share=0.0):
+    for m in simulate(apps=apps, minutes=minutes, interval_s=interval, seed=1, deploy_share=0.0):
+        if m.topic != "metrics":
+            continue
         producer.send(settings.topic_metrics, m.key, m.value, int(m.ts * 1000))
         samples += m.count
         messages += 1
@@ -79,7 +82,8 @@ def flow_rate(settings: Settings, expected: int) -> tuple[float, int]:
     flow = Dataflow("bench")
     msgs = op.input("read", flow, make_source(settings, tail=False, batch_size=1000))
     decoded = op.flat_map("decode", op.map("raw", msgs, to_raw), steps.decode)
-    keyed = op.key_on("by_app", decoded, lambda b: b.app)
+    batches = op.filter("batches", decoded, lambda x: isinstance(x, SampleBatch))
+    keyed = op.key_on("by_app", batches, lambda b: b.app)
     windows = op.stateful("window", keyed, lambda r: WindowLogic(settings, metrics, r))
     op.inspect("count", windows, lambda _s, _x: closed.update(("w",)))
     start = time.perf_counter()
@@ -96,6 +100,8 @@ def model_rate(settings: Settings, apps: int, minutes: float) -> tuple[float, in
     profiles: dict[str, AppProfile] = {}
     snaps = []
     for m in simulate(apps=apps, minutes=minutes, seed=1, deploy_share=0.0):
+        if m.topic != "metrics":
+            continue
         events = decode_message(m.value, "metric").events
         app = events[0].app
         w = windows.setdefault(app, AppWindows(settings.window_s, settings.allowed_lateness_s))
@@ -119,16 +125,18 @@ def model_rate(settings: Settings, apps: int, minutes: float) -> tuple[float, in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--apps", type=int, default=500)
-    parser.add_argument("--minutes", type=float, default=240)
+    parser.add_argument("--minutes", type=float, default=120)
+    parser.add_argument("--interval", type=float, default=10.0,
+                        help="seconds between an agent's samples (windows are 60 s)")
     parser.add_argument("--model-apps", type=int, default=200)
     parser.add_argument("--model-minutes", type=float, default=24 * 60)
     args = parser.parse_args()
     with EmbeddedServices(["bench.metrics", "bench.deploys"], partitions=1) as svc:
         settings = Settings(brokers=svc.brokers, redis_url=svc.redis_url,
                             topic_metrics="bench.metrics", topic_deploys="bench.deploys")
-        samples, messages = produce(settings, args.apps, args.minutes)
-        print(f"topic: {samples:,} samples in {messages:,} messages "
-              f"({args.apps} apps, {args.minutes:.0f} min of event time)")
+        samples, messages = produce(settings, args.apps, args.minutes, args.interval)
+        print(f"topic: {samples:,} samples in {messages:,} messages ({args.apps} apps, "
+              f"{args.minutes:.0f} min of event time, a sample every {args.interval:.0f} s)")
         raw = raw_rate(settings, samples)
         print(f"raw consume + orjson decode : {raw:12,.0f} samples/s")
         flow, closed = flow_rate(settings, samples)

@@ -139,12 +139,12 @@ def run(
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (0: off).")] = None,
     workers: Annotated[int, typer.Option("-w", "--workers", min=1,
                                          help="Worker threads in this process.")] = 1,
-    process_id: Annotated[int | None, typer.Option("-i", "--process-id",
-                                                   help="This process's index in a cluster.")] = None,
-    addresses: Annotated[str | None, typer.Option("-a", "--addresses",
-                                                  help="All processes' host:port, ';'-separated.")] = None,
-    recovery_dir: Annotated[Path | None, typer.Option("-r", "--recovery-dir",
-                                                      help="Recovery partitions directory.")] = None,
+    process_id: Annotated[int | None, typer.Option(
+        "-i", "--process-id", help="This process's index in a cluster.")] = None,
+    addresses: Annotated[str | None, typer.Option(
+        "-a", "--addresses", help="All processes' host:port, ';'-separated.")] = None,
+    recovery_dir: Annotated[Path | None, typer.Option(
+        "-r", "--recovery-dir", help="Recovery partitions directory.")] = None,
     snapshot_s: Annotated[int, typer.Option("-s", "--snapshot-interval",
                                             help="Seconds between snapshots.")] = 10,
     backup_s: Annotated[int, typer.Option("-b", "--backup-interval",

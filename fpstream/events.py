@@ -303,13 +303,28 @@ def _ident(obj: dict[str, Any], name: str, limits: Limits) -> str:
     value = obj[name]
     if not isinstance(value, str):
         raise _Invalid("bad_type", f"'{name}' must be a string, got {_json_type(value)}")
+    if value in _GOOD_IDS and len(value) <= limits.max_id_len:
+        return value
     if not 1 <= len(value) <= limits.max_id_len or not ID_PATTERN.fullmatch(value):
         detail = (
             f"'{name}' must match [A-Za-z0-9._:/@-]{{1,{limits.max_id_len}}}, "
             f"got {_short(repr(value), 80)}"
         )
         raise _Invalid("bad_id", detail)
+    _remember(_GOOD_IDS, value)
     return value
+
+
+# Names and ids repeat in every message: remember the ones that passed the pattern, boundedly.
+_GOOD_NAMES: set[str] = set()
+_GOOD_IDS: set[str] = set()
+_REMEMBER_MAX = 65_536
+
+
+def _remember(cache: set[str], value: str) -> None:
+    if len(cache) >= _REMEMBER_MAX:
+        cache.clear()
+    cache.add(value)
 
 
 def _labels(obj: dict[str, Any], limits: Limits) -> dict[str, str]:
@@ -345,8 +360,11 @@ def _gauges(obj: dict[str, Any], name: str, limits: Limits, required: bool) -> d
         raise _Invalid("missing_field", f"'{name}' is empty")
     out: dict[str, float] = {}
     for key, value in values.items():
-        if not METRIC_NAME_PATTERN.fullmatch(key):
-            raise _Invalid("bad_id", f"{name} name {_short(repr(key), 80)} is not a metric name")
+        if key not in _GOOD_NAMES:
+            if not METRIC_NAME_PATTERN.fullmatch(key):
+                detail = f"{name} name {_short(repr(key), 80)} is not a metric name"
+                raise _Invalid("bad_id", detail)
+            _remember(_GOOD_NAMES, key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             detail = f"{name}.{key} must be a number, got {_json_type(value)}"
             raise _Invalid("bad_type", detail)

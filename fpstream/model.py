@@ -22,10 +22,10 @@ are answered on arrival.
 from __future__ import annotations
 
 import heapq
-from collections import deque
 import math
-from dataclasses import dataclass, field
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from river import stats
@@ -40,7 +40,7 @@ from fpstream.policy import Policy, changed_materially
 from fpstream.predict import NeedPredictor
 from fpstream.profile import ProfileSnapshot
 from fpstream.settings import Settings
-from fpstream.vectors import profile_vector, predictor_features
+from fpstream.vectors import predictor_features, profile_vector
 
 
 def _rounded(values: dict[str, float]) -> dict[str, float]:
@@ -62,15 +62,18 @@ class ClusterDef:
 
 
 @dataclass(frozen=True, slots=True)
-class ClusterMembers:
-    """Which cluster each app belongs to after a re-clustering."""
+class ClusterSnapshot:
+    """The fleet's clusters after a re-clustering: definitions and each app's cluster.
+
+    Published as a whole, so readers never see clusters that no longer exist."""
 
     ts: float
     version: int
+    clusters: tuple[ClusterDef, ...]
     apps: dict[str, int]
 
 
-Output = Allocation | Anomaly | ClusterDef | ClusterMembers
+Output = Allocation | Anomaly | ClusterSnapshot
 
 
 @dataclass(slots=True)
@@ -290,17 +293,17 @@ class ModelStage:
         out: list[Output] = []
         if inst.predicted is not None and inst.inputs is not None:
             for r in RESOURCES:
-                observed, predicted = inst.peak.get(r, 0.0), inst.predicted[r]
+                observed, expected = inst.peak.get(r, 0.0), inst.predicted[r]
                 self.predictor.learn_one(r, inst.inputs[r], observed)
-                if observed > 0 or predicted > 0:
-                    self.error[r].update(abs(predicted - observed) / max(observed, predicted))
+                if observed > 0 or expected > 0:
+                    self.error[r].update(abs(expected - observed) / max(observed, expected))
                 key = (f"{inst.app}/{inst.instance}", r)
-                score, severity = self.detector.score_one(key, observed, predicted)
-                self.detector.learn_one(key, observed, predicted)
+                score, severity = self.detector.score_one(key, observed, expected)
+                self.detector.learn_one(key, observed, expected)
                 if severity is not None:
                     out.append(Anomaly(
                         f"{key[0]}/{r}/{int(inst.period_end)}", inst.period_end, inst.app,
-                        inst.instance, r, observed, predicted, float(score), severity))
+                        inst.instance, r, observed, expected, float(score), severity))
         inst.history.append(dict(inst.peak) or dict(inst.last.recent_peak))
         inputs = {r: predictor_features(inst.last, r, z, cluster, inst.period_end,
                                         max(h.get(r, 0.0) for h in inst.history))
@@ -358,14 +361,15 @@ class ModelStage:
             self._next_recluster = math.ceil(ts / self.config.recluster_s) * self.config.recluster_s
         if ts < self._next_recluster:
             return []
-        self._next_recluster = (math.floor(ts / self.config.recluster_s) + 1) * self.config.recluster_s
+        every = self.config.recluster_s
+        self._next_recluster = (math.floor(ts / every) + 1) * every
         self._expire(ts)
         if not self.clusters.members():
             return []
         self.clusters.recluster()
-        return self.cluster_defs(ts)
+        return [self.cluster_snapshot(ts)]
 
-    def cluster_defs(self, ts: float) -> list[ClusterDef | ClusterMembers]:
+    def cluster_snapshot(self, ts: float) -> ClusterSnapshot:
         needs: dict[int, dict[str, list[float]]] = {}
         for (app, _), inst in sorted(self.instances.items()):
             cid = self.clusters.cluster_of(app)
@@ -375,7 +379,7 @@ class ModelStage:
                 needs.setdefault(cid, {}).setdefault(r, []).append(v)
         members = self.clusters.members()
         centroids = self.clusters.centroids()
-        defs: list[ClusterDef | ClusterMembers] = []
+        defs: list[ClusterDef] = []
         for cid in sorted(centroids):
             typical = {r: float(sorted(vs)[len(vs) // 2]) for r, vs in needs.get(cid, {}).items()}
             self.coldstart.set_cluster_needs(cid, typical)
@@ -383,8 +387,7 @@ class ModelStage:
                                    tuple(float(v) for v in centroids[cid]), typical))
         apps = {app: cid for app in sorted(self.apps)
                 if (cid := self.clusters.cluster_of(app)) is not None}
-        defs.append(ClusterMembers(ts, self.clusters.version, apps))
-        return defs
+        return ClusterSnapshot(ts, self.clusters.version, tuple(defs), apps)
 
     def _expire(self, now: float) -> None:
         horizon = now - self.config.ttl_s

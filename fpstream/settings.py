@@ -132,7 +132,8 @@ def _validate(s: Settings) -> None:
     if not 0.0 <= s.change_threshold < 1.0:
         raise SettingsError(f"setting change_threshold must be in [0, 1), got {s.change_threshold}")
     if not 0 <= s.metrics_port <= 65535:
-        raise SettingsError(f"setting metrics_port must be a TCP port (0 disables), got {s.metrics_port}")
+        msg = f"setting metrics_port must be a TCP port (0 disables), got {s.metrics_port}"
+        raise SettingsError(msg)
     if not s.brokers.strip():
         raise SettingsError("setting brokers must name at least one host:port")
     if not re.match(r"^(redis|rediss|unix)://", s.redis_url):

@@ -15,7 +15,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from fpstream.events import Allocation, encode
-from fpstream.model import ClusterDef, ClusterMembers
+from fpstream.model import ClusterDef, ClusterSnapshot
 from fpstream.settings import Settings, mask_url
 
 # KEYS: stream, desired hash. ARGV: instance, seq, json, maxlen, id, app.
@@ -55,32 +55,38 @@ class RedisPublisher:
         self.settings = settings
         self._publish = client.register_script(_PUBLISH_ALLOCATION)
 
-    def write(self, items: Iterable[Allocation | ClusterDef | ClusterMembers]) -> int:
+    def write(self, items: Iterable[Allocation | ClusterSnapshot]) -> int:
         """Publish; returns how many allocations were new (not redeliveries)."""
         s = self.settings
         pipe = self.client.pipeline(transaction=False)
-        is_allocation: list[bool] = []
+        allocations = 0
+        snapshot: ClusterSnapshot | None = None
         for item in items:
             if isinstance(item, Allocation):
                 keys = [s.key("allocations"), s.key("desired", item.app)]
                 argv = [item.instance, allocation_seq(item), encode(item),
                         s.allocations_maxlen, item.id, item.app]
                 self._publish(keys=keys, args=argv, client=pipe)
-                is_allocation.append(True)
-            elif isinstance(item, ClusterDef):
-                pipe.hset(s.key("clusters"), str(item.id), orjson.dumps(_cluster_doc(item)))
-                is_allocation.append(False)
+                allocations += 1
             else:
-                # Replace the whole mapping: apps that expired must not linger in it.
-                pipe.delete(s.key("app_cluster"))
-                is_allocation.append(False)
-                if item.apps:
-                    pipe.hset(s.key("app_cluster"), mapping={a: c for a, c in item.apps.items()})
-                    is_allocation.append(False)
-        if not is_allocation:
-            return 0
-        results: list[Any] = pipe.execute()
-        return sum(1 for flag, r in zip(is_allocation, results, strict=True) if flag and r == 1)
+                snapshot = item  # only the newest of a batch matters
+        results: list[Any] = pipe.execute() if allocations else []
+        if snapshot is not None:
+            self.publish_clusters(snapshot)
+        return sum(1 for r in results if r == 1)
+
+    def publish_clusters(self, snap: ClusterSnapshot) -> None:
+        """Replace the cluster definitions and app memberships in one transaction."""
+        s = self.settings
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(s.key("clusters"), s.key("app_cluster"))
+        if snap.clusters:
+            pipe.hset(s.key("clusters"), mapping={
+                str(c.id): orjson.dumps(_cluster_doc(c)) for c in snap.clusters})
+        if snap.apps:
+            pipe.hset(s.key("app_cluster"), mapping=dict(snap.apps))
+        pipe.set(s.key("clusters", "version"), snap.version)
+        pipe.execute()
 
 
 def _cluster_doc(c: ClusterDef) -> dict[str, Any]:

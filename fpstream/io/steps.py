@@ -15,7 +15,7 @@ from typing import Any
 from bytewax.operators import StatefulLogic
 
 from fpstream.catalog import Catalog
-from fpstream.events import DeadLetter, DeployRequest
+from fpstream.events import DeadLetter, DeployRequest, Kind
 from fpstream.features import WindowFeatures
 from fpstream.ingest import (
     AppSeen,
@@ -28,7 +28,7 @@ from fpstream.ingest import (
     sample_letters,
 )
 from fpstream.io.metrics import FlowMetrics
-from fpstream.model import ClusterDef, ClusterMembers, ModelConfig, ModelStage
+from fpstream.model import ClusterSnapshot, ModelConfig, ModelStage
 from fpstream.policy import Policy
 from fpstream.profile import AppProfile, ProfileSnapshot
 from fpstream.settings import Settings
@@ -45,7 +45,7 @@ class Steps:
         self.progress = ProgressTracker(settings.allowed_lateness_s)
 
     def decode(self, msg: RawMessage) -> list[Decoded]:
-        kind = "deploy" if msg.origin.topic == self.settings.topic_deploys else "metric"
+        kind: Kind = "deploy" if msg.origin.topic == self.settings.topic_deploys else "metric"
         self.metrics.messages.labels(kind).inc()
         items = decode_raw(msg, kind, self.limits)
         batches = [i for i in items if isinstance(i, SampleBatch)]
@@ -100,8 +100,11 @@ class WindowLogic(_Pickled):
         emitted: list[Any] = list(out.closed)
         if out.late:
             self.metrics.late.inc(len(out.late))
-            detail = f"arrived after its window closed (watermark {self.state.watermark})"
-            emitted.extend(sample_letters(out.late, value.origin, detail))
+            detail = f"its window had closed (app watermark {self.state.watermark})"
+            emitted.extend(sample_letters(out.late, value.origin, "late", detail))
+        if out.dropped:
+            detail = "the app has too many open instances or samples in one window"
+            emitted.extend(sample_letters(out.dropped, value.origin, "over_capacity", detail))
         self.metrics.windows.inc(len(out.closed))
         return emitted, StatefulLogic.RETAIN
 
@@ -204,7 +207,7 @@ class ModelLogic(_Pickled):
 
 def is_cluster_def(item: Any) -> bool:
     """Cluster definitions and memberships go to Redis only, not to a Kafka topic."""
-    return isinstance(item, ClusterDef | ClusterMembers)
+    return isinstance(item, ClusterSnapshot)
 
 
 __all__ = ["ModelLogic", "ProfileLogic", "Steps", "WindowLogic", "is_cluster_def"]

@@ -134,7 +134,8 @@ def cluster_purity(app_cluster: dict[str, int]) -> float:
 
 
 def read_redis(client: redis.Redis, settings: Settings) -> dict[str, Any]:
-    clusters = {int(k): orjson.loads(v) for k, v in client.hgetall(settings.key("clusters")).items()}
+    clusters = {int(k): orjson.loads(v)
+                for k, v in client.hgetall(settings.key("clusters")).items()}
     members = {k.decode(): int(v) for k, v in client.hgetall(settings.key("app_cluster")).items()}
     latest = [orjson.loads(fields[b"data"]) for _, fields in
               client.xrevrange(settings.key("allocations"), count=6)]

@@ -9,7 +9,7 @@ from typing import Any
 from bytewax.connectors.kafka import KafkaSourceMessage
 
 from fpstream.events import Allocation, Anomaly, DeadLetter, event_from_dict
-from fpstream.model import ClusterDef, ClusterMembers
+from fpstream.model import ClusterDef, ClusterSnapshot
 from fpstream.settings import Settings
 from fpstream.simulator import simulate
 
@@ -54,9 +54,9 @@ class Outputs:
         return [e for e in self.kafka_events() if isinstance(e, DeadLetter)]
 
     @property
-    def cluster_defs(self) -> list[ClusterDef]:
-        return [e for e in self.redis if isinstance(e, ClusterDef)]
+    def snapshots(self) -> list[ClusterSnapshot]:
+        return [e for e in self.redis if isinstance(e, ClusterSnapshot)]
 
     @property
-    def memberships(self) -> list[ClusterMembers]:
-        return [e for e in self.redis if isinstance(e, ClusterMembers)]
+    def cluster_defs(self) -> list[ClusterDef]:
+        return [c for snap in self.snapshots for c in snap.clusters]

@@ -7,12 +7,12 @@ from collections import Counter
 import pytest
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
+from flows.fleet import build_flow
 from fpstream.events import RESOURCES
 from fpstream.io.embedded import free_port
 from fpstream.io.metrics import FlowMetrics
 from fpstream.settings import Settings
 from fpstream.simulator import archetype_of
-from flows.fleet import build_flow
 
 from .conftest import Outputs, kafka_messages
 
@@ -101,8 +101,8 @@ def test_deploys_get_proactive_allocations(single) -> None:
 
 def test_clusters_are_published_and_separate_archetypes(single) -> None:
     out, metrics, _ = single
-    assert out.cluster_defs and out.memberships
-    members = out.memberships[-1].apps
+    assert out.cluster_defs and out.snapshots
+    members = out.snapshots[-1].apps
     assert len(members) >= SIM["apps"]
     by_cluster: dict[int, Counter] = {}
     for app, cid in members.items():
@@ -134,3 +134,22 @@ def test_same_allocations_on_two_workers(single, settings: Settings) -> None:
     assert resizes(two) == resizes(out)
     assert Counter(d.reason for d in two.deadletters) == Counter(
         d.reason for d in out.deadletters)
+
+
+def test_late_samples_become_dead_letters(settings: Settings) -> None:
+    from dataclasses import replace
+
+    import orjson
+
+    messages, _ = kafka_messages(settings, apps=6, minutes=60, seed=3, deploy_share=0.0)
+    metrics_msgs = [m for m in messages if m.topic == settings.topic_metrics]
+    # Replay one early message again at the end: its windows have long closed.
+    early = metrics_msgs[3]
+    late = replace(early, offset=10_000)
+    expected = len(orjson.loads(early.value))
+    out, metrics = run_flow(settings, [*messages, late])
+    letters = [d for d in out.deadletters if d.reason == "late"]
+    assert len(letters) == expected
+    assert all(d.offset == 10_000 and "window had closed" in d.error for d in letters)
+    assert value(metrics, "fpstream_window_late_samples_total") == expected
+    assert value(metrics, "fpstream_deadletters_total", reason="late") == expected

@@ -34,9 +34,9 @@ def sample(**over: object) -> dict:
     return doc
 
 
-def reason_of(doc: object, limits: Limits = Limits()) -> str:
+def reason_of(doc: object, limits: Limits | None = None) -> str:
     raw = doc if isinstance(doc, bytes) else orjson.dumps(doc)
-    res = decode_message(raw, limits=limits)
+    res = decode_message(raw, limits=limits or Limits())
     assert not res.events and len(res.errors) == 1, res
     assert res.errors[0].reason in REASONS
     assert res.errors[0].detail

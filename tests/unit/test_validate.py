@@ -12,8 +12,8 @@ from fpstream.validate import iter_lines, validate_stream
 GOOD = (b'{"v":1,"ts":1750000000,"app":"a","instance":"i","metrics":{"cpu_cores":1}}')
 
 
-def run(data: bytes, limits: Limits = Limits()) -> list[dict]:
-    return list(validate_stream(io.BytesIO(data), limits))
+def run(data: bytes, limits: Limits | None = None) -> list[dict]:
+    return list(validate_stream(io.BytesIO(data), limits or Limits()))
 
 
 def test_verdict_per_line_and_summary() -> None:
