@@ -113,6 +113,7 @@ def simulate(
         from fpstream.io.producer import MessageProducer
 
         producer = MessageProducer(settings)
+        assert to_topic is not None
         topic = {"metrics": to_topic, "deploys": settings.topic_deploys}
         for msg in messages:
             producer.send(topic[msg.topic], msg.key, msg.value, int(msg.ts * 1000))

@@ -96,7 +96,7 @@ def decode_raw(msg: RawMessage, kind: Kind, limits: Limits) -> list[Decoded]:
     result = decode_message(msg.value, kind, limits)
     out: list[Decoded] = [_refused(msg, err) for err in result.errors]
     if kind == "deploy":
-        out.extend(result.events)
+        out.extend(e for e in result.events if isinstance(e, DeployRequest))
         return out
     by_app: dict[str, list[MetricSample]] = {}
     for event in result.events:

@@ -64,7 +64,7 @@ class RedisPublisher:
         for item in items:
             if isinstance(item, Allocation):
                 keys = [s.key("allocations"), s.key("desired", item.app)]
-                argv = [item.instance, allocation_seq(item), encode(item),
+                argv: list[str | int | bytes] = [item.instance, allocation_seq(item), encode(item),
                         s.allocations_maxlen, item.id, item.app]
                 self._publish(keys=keys, args=argv, client=pipe)
                 allocations += 1
@@ -84,7 +84,7 @@ class RedisPublisher:
             pipe.hset(s.key("clusters"), mapping={
                 str(c.id): orjson.dumps(_cluster_doc(c)) for c in snap.clusters})
         if snap.apps:
-            pipe.hset(s.key("app_cluster"), mapping=dict(snap.apps))
+            pipe.hset(s.key("app_cluster"), mapping={a: str(c) for a, c in snap.apps.items()})
         pipe.set(s.key("clusters", "version"), snap.version)
         pipe.execute()
 

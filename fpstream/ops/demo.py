@@ -88,7 +88,7 @@ def scrape(port: int) -> dict[str, float]:
             text = resp.read().decode()
     except OSError:
         return {}
-    out: dict[str, float] = Counter()
+    out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name.startswith("fpstream_") and not sample.name.endswith(
@@ -96,7 +96,7 @@ def scrape(port: int) -> dict[str, float]:
                 key = sample.name
                 if "resource" in sample.labels:
                     key = f"{key}:{sample.labels['resource']}"
-                out[key] += sample.value
+                out[key] = out.get(key, 0.0) + sample.value
     return out
 
 
@@ -111,14 +111,16 @@ def count_topic(settings: Settings, topic: str) -> int:
             return 0
         parts = [TopicPartition(topic, p, -2) for p in meta.partitions]
         consumer.assign(parts)
-        done, count = set(), 0
+        done: set[int] = set()
+        count = 0
         deadline = time.monotonic() + 30
         while len(done) < len(parts) and time.monotonic() < deadline:
             for msg in consumer.consume(1000, 0.5):
-                if msg.error() is None:
+                err = msg.error()
+                if err is None:
                     count += 1
-                elif msg.error().code() == KafkaError._PARTITION_EOF:
-                    done.add(msg.partition())
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    done.add(msg.partition() or 0)
         return count
     finally:
         consumer.close()
@@ -133,7 +135,8 @@ def cluster_purity(app_cluster: dict[str, int]) -> float:
     return sum(max(c.values()) for c in by_cluster.values()) / total if total else 0.0
 
 
-def read_redis(client: redis.Redis, settings: Settings) -> dict[str, Any]:
+def read_redis(client: Any, settings: Settings) -> dict[str, Any]:
+    """Clusters, memberships and the latest allocations (client: bytes responses)."""
     clusters = {int(k): orjson.loads(v)
                 for k, v in client.hgetall(settings.key("clusters")).items()}
     members = {k.decode(): int(v) for k, v in client.hgetall(settings.key("app_cluster")).items()}
