@@ -56,3 +56,18 @@ def test_cli_exit_codes(tmp_path) -> None:
     assert orjson.loads(ko.stdout.splitlines()[1])["reason"] == "malformed_json"
     missing = subprocess.run([*cmd, str(tmp_path / "nope")], capture_output=True)
     assert missing.returncode == 2 and b"cannot read" in missing.stderr
+
+
+def test_simulate_then_validate_agree_on_bad_share(tmp_path) -> None:
+    out = tmp_path / "f.jsonl"
+    cli = [sys.executable, "-m", "fpstream.cli"]
+    sim = subprocess.run([*cli, "simulate", "--apps", "50", "--minutes", "30", "--bad-share",
+                          "0.05", "--out", str(out)], capture_output=True)
+    assert sim.returncode == 0, sim.stderr
+    injected = orjson.loads(sim.stderr.splitlines()[-1])["bad"]
+    assert injected > 0
+    check = subprocess.run([*cli, "validate", str(out)], capture_output=True)
+    assert check.returncode == 1
+    summary = orjson.loads(check.stdout.splitlines()[-1])
+    assert summary["bad"] == injected
+    assert summary["ok"] + summary["bad"] == summary["lines"]
