@@ -43,22 +43,23 @@ class Steps:
         self.metrics = metrics
         self.limits = settings.limits
         self.progress = ProgressTracker(settings.allowed_lateness_s)
+        # Bound once: a labelled child looked up per message costs more than the increment.
+        self._messages = {k: metrics.messages.labels(k) for k in ("metric", "deploy")}
 
     def decode(self, msg: RawMessage) -> list[Decoded]:
         kind: Kind = "deploy" if msg.origin.topic == self.settings.topic_deploys else "metric"
-        self.metrics.messages.labels(kind).inc()
+        self._messages[kind].inc()
         items = decode_raw(msg, kind, self.limits)
         batches = [i for i in items if isinstance(i, SampleBatch)]
         if batches:
+            self.metrics.samples.inc(sum(len(b.samples) for b in batches))
             items.extend(self.progress.observe(msg.origin, batches))
-        m = self.metrics
-        for item in items:
-            if isinstance(item, SampleBatch):
-                m.samples.inc(len(item.samples))
-            elif isinstance(item, DeployRequest):
-                m.deploys.inc()
-            elif isinstance(item, DeadLetter):
-                m.decode_errors.labels(item.reason).inc()
+        if len(batches) != len(items):
+            for item in items:
+                if isinstance(item, DeployRequest):
+                    self.metrics.deploys.inc()
+                elif isinstance(item, DeadLetter):
+                    self.metrics.decode_errors.labels(item.reason).inc()
         return items
 
     def count_deadletter(self, letter: DeadLetter) -> DeadLetter:
