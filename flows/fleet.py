@@ -86,7 +86,8 @@ def _goes_to_model(item: Any) -> bool:
     return isinstance(item, DeployRequest | Progress | AppSeen)
 
 
-def _app_of_batch(batch: SampleBatch) -> str:
+def _app_of_batch(batch: Any) -> str:
+    assert isinstance(batch, SampleBatch)  # everything else left at "direct"
     return batch.app
 
 

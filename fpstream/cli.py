@@ -216,9 +216,11 @@ def demo(
 def _register_subsystems() -> None:
     from fpstream.actuate.command import actuate
     from fpstream.agent.command import agent
+    from fpstream.backtest.command import backtest
 
     app.command()(actuate)
     app.command()(agent)
+    app.command()(backtest)
 
 
 _register_subsystems()

@@ -62,7 +62,8 @@ class Steps:
                     self.metrics.decode_errors.labels(item.reason).inc()
         return items
 
-    def count_deadletter(self, letter: DeadLetter) -> DeadLetter:
+    def count_deadletter(self, letter: Any) -> DeadLetter:
+        assert isinstance(letter, DeadLetter)  # the flow branches dead letters here
         self.metrics.deadletters.labels(letter.reason).inc()
         return letter
 

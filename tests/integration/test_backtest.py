@@ -1,0 +1,56 @@
+"""``run_backtest`` on a few real Bitbrains VMs, through the real flow (no broker needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fpstream.backtest.run import METHODS, run_backtest
+
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+TRACE = DATA / "bitbrains-rnd-2013-07"
+N_SERIES = 6
+
+
+@pytest.fixture(scope="module")
+def result() -> dict[str, Any]:
+    if not TRACE.is_dir():
+        pytest.skip(f"the Bitbrains trace is not here ({TRACE}): a fresh clone has no "
+                    "../shared/data; CI provides it")
+    return run_backtest(TRACE, N_SERIES)
+
+
+def test_the_document_has_the_issue_shape(result: dict[str, Any]) -> None:
+    assert result["series"] == N_SERIES
+    assert result["steps"] > N_SERIES * 24 * 12  # more than a day each, from day 2 on
+    for doc in (result, result["first_day"]):
+        for res in ("cpu", "mem"):
+            assert set(doc[res]) == set(METHODS)
+            for method, figures in doc[res].items():
+                assert set(figures) == {"waste", "viol", "short"}
+                for name, value in figures.items():
+                    assert 0.0 <= value <= 1.0, f"{res} {method} {name} = {value}"
+
+
+def test_the_flow_allocated_every_vm_without_dead_letters(result: dict[str, Any]) -> None:
+    notes = result["notes"]
+    assert notes["allocations"] >= N_SERIES
+    assert "series_without_allocation" not in notes
+    assert not [k for k in notes if k.startswith("deadletter:")]
+
+
+def test_baselines_order_as_they_must(result: dict[str, Any]) -> None:
+    for res in ("cpu", "mem"):
+        waste = {m: result[res][m]["waste"] for m in METHODS}
+        assert waste["oracle"] < waste["vpa"], (res, waste)
+        assert waste["manual"] == max(waste.values()), (res, waste)
+        assert result[res]["oracle"]["viol"] == 0.0
+    # fpstream against VPA (lower waste at no more violations) does not hold yet on these
+    # VMs (CPU waste above VPA's; memory waste below it but with more violations): not
+    # asserted, printed for the record (pytest -s).
+    for res in ("cpu", "mem"):
+        print(res, "fpstream", result[res]["fpstream"], "vpa", result[res]["vpa"])
