@@ -217,10 +217,12 @@ def _register_subsystems() -> None:
     from fpstream.actuate.command import actuate
     from fpstream.agent.command import agent
     from fpstream.backtest.command import backtest
+    from fpstream.ops.status import status
 
     app.command()(actuate)
     app.command()(agent)
     app.command()(backtest)
+    app.command()(status)
 
 
 _register_subsystems()
