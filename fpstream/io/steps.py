@@ -51,15 +51,15 @@ class Steps:
         self._messages[kind].inc()
         items = decode_raw(msg, kind, self.limits)
         batches = [i for i in items if isinstance(i, SampleBatch)]
-        if batches:
-            self.metrics.samples.inc(sum(len(b.samples) for b in batches))
-            items.extend(self.progress.observe(msg.origin, batches))
-        if len(batches) != len(items):
+        if len(batches) != len(items):  # a deploy request or refused objects
             for item in items:
                 if isinstance(item, DeployRequest):
                     self.metrics.deploys.inc()
                 elif isinstance(item, DeadLetter):
                     self.metrics.decode_errors.labels(item.reason).inc()
+        if batches:
+            self.metrics.samples.inc(sum(len(b.samples) for b in batches))
+            items.extend(self.progress.observe(msg.origin, batches))
         return items
 
     def count_deadletter(self, letter: Any) -> DeadLetter:
