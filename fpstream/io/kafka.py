@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from bytewax.connectors.kafka import (
@@ -11,6 +12,8 @@ from bytewax.connectors.kafka import (
     KafkaSource,
     KafkaSourceMessage,
 )
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from fpstream.events import Allocation, Anomaly, DeadLetter, Event, encode
@@ -72,6 +75,37 @@ def to_message(event: Event, settings: Settings) -> KafkaSinkMessage[bytes, byte
         raise TypeError(msg)
     headers = [("fpstream-id", event.id.encode())] if hasattr(event, "id") else []
     return KafkaSinkMessage(key.encode(), encode(event), topic=topic, headers=headers)
+
+
+def read_to_end(config: dict[str, Any], topic: str, timeout: float = 30.0) -> list[bytes]:
+    """Every message value in ``topic``, read from the start to the end of each partition.
+
+    Partitions are assigned directly (no group join), so this is quick on any broker. A topic
+    that does not exist reads as empty; not reaching the end within ``timeout`` raises.
+    """
+    consumer = Consumer({**config, "group.id": config.get("group.id", "fpstream-reader"),
+                         "enable.partition.eof": True, "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return []
+        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+        consumer.assign(parts)
+        done: set[int] = set()
+        values: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while len(done) < len(parts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"did not reach the end of {topic} within {timeout} s")
+            for msg in consumer.consume(1000, 0.5):
+                err = msg.error()
+                if err is None:
+                    values.append(msg.value() or b"")
+                elif err.code() == ConfluentKafkaError._PARTITION_EOF:
+                    done.add(msg.partition() or 0)
+        return values
+    finally:
+        consumer.close()
 
 
 def input_partitions(settings: Settings, timeout: float = 10.0) -> list[str]:

@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Group
 from rich.live import Live
@@ -26,6 +25,7 @@ from rich.table import Table
 
 from fpstream.events import RESOURCES
 from fpstream.io.embedded import EmbeddedServices, free_port
+from fpstream.io.kafka import read_to_end
 from fpstream.io.producer import MessageProducer
 from fpstream.ops.runner import FlowProcess, flow_command
 from fpstream.settings import Settings
@@ -102,28 +102,7 @@ def scrape(port: int) -> dict[str, float]:
 
 def count_topic(settings: Settings, topic: str) -> int:
     """Messages in a topic, read to its end (so it counts what was really published)."""
-    consumer = Consumer(settings.kafka_config(**{
-        "group.id": "fpstream-demo-count", "enable.partition.eof": True,
-        "enable.auto.commit": False}))
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return 0
-        parts = [TopicPartition(topic, p, -2) for p in meta.partitions]
-        consumer.assign(parts)
-        done: set[int] = set()
-        count = 0
-        deadline = time.monotonic() + 30
-        while len(done) < len(parts) and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, 0.5):
-                err = msg.error()
-                if err is None:
-                    count += 1
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    done.add(msg.partition() or 0)
-        return count
-    finally:
-        consumer.close()
+    return len(read_to_end(settings.kafka_config(), topic))
 
 
 def cluster_purity(app_cluster: dict[str, int]) -> float:

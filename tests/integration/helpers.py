@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from fpstream.events import event_from_dict
+from fpstream.io.kafka import read_to_end
 from fpstream.io.producer import MessageProducer
 from fpstream.settings import Settings
 from fpstream.simulator import SimMessage, simulate
@@ -38,26 +37,8 @@ def sim(**kwargs: Any) -> list[SimMessage]:
 
 def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[Any]:
     """Every event in ``topic``, decoded, read to the end of each partition."""
-    consumer = Consumer(settings.kafka_config(**{
-        "group.id": "fpstream-test-reader", "enable.partition.eof": True,
-        "enable.auto.commit": False}))
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        parts = [TopicPartition(topic, p, -2) for p in meta.partitions]
-        consumer.assign(parts)
-        done: set[int] = set()
-        out = []
-        deadline = time.monotonic() + timeout
-        while len(done) < len(parts):
-            assert time.monotonic() < deadline, f"timed out reading {topic}"
-            for msg in consumer.consume(500, 0.5):
-                if msg.error() is None:
-                    out.append(event_from_dict(orjson.loads(msg.value())))
-                elif msg.error().code() == KafkaError._PARTITION_EOF:
-                    done.add(msg.partition())
-        return out
-    finally:
-        consumer.close()
+    return [event_from_dict(orjson.loads(v))
+            for v in read_to_end(settings.kafka_config(), topic, timeout)]
 
 
 def redis_allocations(client: redis.Redis, settings: Settings) -> list[dict[str, Any]]:

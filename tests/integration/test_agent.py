@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 import psutil
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry
 
 from fpstream.agent.buffer import SendBuffer
@@ -34,6 +34,7 @@ from fpstream.io.embedded import (
     die_with_parent,
     free_port,
 )
+from fpstream.io.kafka import read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -236,25 +237,7 @@ class RecordingSink:
 
 
 def consume_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[bytes]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex}",
-                         "enable.partition.eof": True, "enable.auto.commit": False})
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        parts = [TopicPartition(topic, p, -2) for p in meta.partitions]
-        consumer.assign(parts)
-        done: set[int] = set()
-        out = []
-        deadline = time.monotonic() + timeout
-        while len(done) < len(parts):
-            assert time.monotonic() < deadline, f"timed out reading {topic}"
-            for msg in consumer.consume(100, 0.5):
-                if msg.error() is None:
-                    out.append(msg.value())
-                elif msg.error().code() == KafkaError._PARTITION_EOF:
-                    done.add(msg.partition())
-        return out
-    finally:
-        consumer.close()
+    return read_to_end({"bootstrap.servers": bootstrap}, topic, timeout)
 
 
 def recreate_topic(bootstrap: str, topic: str) -> None:
