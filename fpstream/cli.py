@@ -213,6 +213,96 @@ def demo(
     typer.echo(text.decode())
 
 
+@app.command()
+def record(
+    topic: Annotated[str, typer.Option("--topic", help="Topic to record, all partitions.")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="JSON-lines file; .gz is gzip, .zst zstandard, else plain.")],
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=0, help="Stop after this many messages.")] = None,
+    timeout: Annotated[float, typer.Option(
+        min=1, help="Give up after this many seconds without progress.")] = 30.0,
+    progress: Annotated[bool, typer.Option(help="Progress bar on standard error.")] = True,
+    brokers: BrokersOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Record a topic from its beginning to its current end, byte for byte, to a file."""
+    from confluent_kafka import KafkaException
+
+    from fpstream.ops.record import RecordError, progress_bar, record_topic
+
+    settings = build_settings(config, brokers=brokers)
+    try:
+        if progress:
+            with progress_bar(f"record {topic}") as bar:
+                stats = record_topic(settings, topic, out, limit=limit, timeout=timeout,
+                                     progress=bar)
+        else:
+            stats = record_topic(settings, topic, out, limit=limit, timeout=timeout)
+    except (RecordError, OSError) as ex:
+        typer.echo(f"fpstream record: {ex}", err=True)
+        raise typer.Exit(2) from ex
+    except KafkaException as ex:
+        typer.echo(f"fpstream record: Kafka error: {ex}", err=True)
+        raise typer.Exit(1) from ex
+    summary = {"topic": topic, "out": str(out), "messages": stats.messages,
+               "partitions": {str(p): n for p, n in sorted(stats.per_partition.items())},
+               "seconds": round(stats.seconds, 3)}
+    typer.echo(orjson.dumps(summary).decode(), err=True)
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="A recording made by fpstream record.")],
+    to_topic: Annotated[str, typer.Option("--to-topic", help="Produce the messages here.")],
+    speed: Annotated[float | None, typer.Option(
+        "--speed", help="Pace by recorded timestamps, X times faster (1 = real time).")] = None,
+    as_fast: Annotated[bool, typer.Option(
+        "--max", help="As fast as possible (the default).")] = False,
+    keep_partitions: Annotated[bool, typer.Option(
+        help="Send each message to its recorded partition instead of by key.")] = False,
+    create_topic: Annotated[bool, typer.Option(
+        help="Create the topic if it is missing.")] = False,
+    partitions: Annotated[int | None, typer.Option(
+        min=1, help="Partitions of a created topic (default: as many as recorded).")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bar on standard error.")] = True,
+    brokers: BrokersOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Produce a recording to a topic in recorded order: same keys, values, headers, times."""
+    from confluent_kafka import KafkaException
+
+    from fpstream.ops.record import RecordError, RecordFileError, progress_bar, replay_file
+
+    if speed is not None and as_fast:
+        typer.echo("fpstream replay: give at most one of --speed X or --max", err=True)
+        raise typer.Exit(2)
+    if speed is not None and speed <= 0:
+        typer.echo(f"fpstream replay: --speed must be > 0, got {speed}", err=True)
+        raise typer.Exit(2)
+    settings = build_settings(config, brokers=brokers)
+    options: dict[str, Any] = {"speed": speed, "keep_partitions": keep_partitions,
+                               "create_topic": create_topic, "partitions": partitions}
+    try:
+        if progress:
+            with progress_bar(f"replay {file.name}") as bar:
+                stats = replay_file(settings, file, to_topic, progress=bar, **options)
+        else:
+            stats = replay_file(settings, file, to_topic, **options)
+    except (RecordFileError, RecordError) as ex:
+        typer.echo(f"fpstream replay: {ex}", err=True)
+        raise typer.Exit(2) from ex
+    except KafkaException as ex:
+        typer.echo(f"fpstream replay: Kafka error: {ex}", err=True)
+        raise typer.Exit(1) from ex
+    except KeyboardInterrupt:
+        typer.echo("fpstream replay: stopped", err=True)
+        raise typer.Exit(130) from None
+    summary = {"topic": to_topic, "file": str(file), "messages": stats.messages,
+               "seconds": round(stats.seconds, 3)}
+    typer.echo(orjson.dumps(summary).decode(), err=True)
+
+
 def _register_subsystems() -> None:
     from fpstream.actuate.command import actuate
     from fpstream.agent.command import agent

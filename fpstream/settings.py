@@ -10,6 +10,8 @@ False
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import re
 import tomllib
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fpstream.events import Limits
+from fpstream.policy import Policy
 
 ENV_PREFIX = "FPSTREAM_"
 _SECRET_KEY = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
@@ -27,6 +30,35 @@ _URL_PASSWORD = re.compile(r"(://[^:/@]*:)([^@]+)(@)")
 
 class SettingsError(ValueError):
     """A setting has a value it cannot take; the message names the setting."""
+
+
+class Arms(tuple[Policy, ...]):
+    """The experiment's arms; ``str()`` is the JSON that ``FPSTREAM_ARMS`` accepts, so the
+    settings travel to worker processes as environment variables like every other setting."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return json.dumps([_arm_doc(p) for p in self], separators=(",", ":"))
+
+
+def _arm_doc(p: Policy) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": p.name, "quantile": p.quantile, "headroom": p.headroom}
+    if p.families is not None:
+        doc["families"] = list(p.families)
+    return doc
+
+
+# A conservative, a balanced and a lean arm. The conservative one (largest quantile + headroom)
+# is the experiment's baseline and where the guard rail moves violating instances.
+DEFAULT_ARMS: Arms = Arms((
+    Policy("conservative", quantile=0.99, headroom=0.25),
+    Policy("balanced", quantile=0.95, headroom=0.15),
+    Policy("lean", quantile=0.90, headroom=0.05),
+))
+EXPERIMENT_MODES = ("split", "bandit", "off")
+_ARM_KEYS = ("name", "quantile", "headroom", "families")
+_EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +94,13 @@ class Settings:
     anomaly_threshold: float = 4.0
     max_apps: int = 100_000
     app_ttl_s: float = 86_400.0
+    # Experiment: A/B testing of allocation policies (see fpstream/experiment.py)
+    experiment_name: str = "default"
+    experiment_mode: str = "split"
+    arms: Arms = DEFAULT_ARMS
+    violation_penalty: float = 2.0
+    guard_budget: float = 0.2
+    guard_periods: int = 6
     # Operations
     metrics_port: int = 9108
     recovery_dir: str | None = None
@@ -72,6 +111,8 @@ class Settings:
     max_id_len: int = 128
 
     def __post_init__(self) -> None:
+        if not isinstance(self.arms, Arms):
+            object.__setattr__(self, "arms", _parse_arms(self.arms))
         _validate(self)
 
     def __repr__(self) -> str:
@@ -98,6 +139,10 @@ class Settings:
         """librdkafka configuration: bootstrap servers, passthrough options, then ``extra``."""
         return {"bootstrap.servers": self.brokers, **self.kafka_options, **extra}
 
+    def policies(self) -> tuple[Policy, ...]:
+        """The experiment's arms, in the configured order."""
+        return tuple(self.arms)
+
     def key(self, *parts: str) -> str:
         """A Redis key under the configured prefix: ``key("desired", app)``."""
         return ":".join((self.redis_prefix, *parts))
@@ -111,7 +156,7 @@ def _validate(s: Settings) -> None:
     positive = (
         "partitions", "allocations_maxlen", "window_s", "decision_period_s", "recluster_s",
         "n_clusters", "fingerprint_dims", "anomaly_threshold", "max_apps", "app_ttl_s",
-        "max_message_bytes", "max_metrics", "max_labels", "max_id_len",
+        "max_message_bytes", "max_metrics", "max_labels", "max_id_len", "guard_periods",
     )
     for name in positive:
         if getattr(s, name) <= 0:
@@ -143,11 +188,109 @@ def _validate(s: Settings) -> None:
         )
     if s.catalog_path is not None and not Path(s.catalog_path).is_file():
         raise SettingsError(f"setting catalog_path: no such file {s.catalog_path!r}")
+    if not _EXPERIMENT_NAME.match(s.experiment_name):
+        raise SettingsError(f"setting experiment_name must match {_EXPERIMENT_NAME.pattern} "
+                            f"(it names a Redis key), got {s.experiment_name!r}")
+    if s.experiment_mode not in EXPERIMENT_MODES:
+        raise SettingsError(f"setting experiment_mode must be one of {list(EXPERIMENT_MODES)}, "
+                            f"got {s.experiment_mode!r}")
+    if not (math.isfinite(s.violation_penalty) and s.violation_penalty >= 0):
+        raise SettingsError(f"setting violation_penalty must be a finite number >= 0, "
+                            f"got {s.violation_penalty}")
+    if not 0.0 <= s.guard_budget <= 1.0:
+        raise SettingsError(f"setting guard_budget must be a violation rate in [0, 1], "
+                            f"got {s.guard_budget}")
+
+
+def _parse_arms(raw: Any) -> Arms:
+    """Arms from a TOML array of tables, a list of Policy objects or mappings, or a string.
+
+    A string is either JSON (``[{"name": "lean", "quantile": 0.9, "headroom": 0.05}]``, what
+    ``str(settings.arms)`` gives) or the compact ``name:quantile:headroom[:family+family],...``.
+    Every arm needs ``name``, ``quantile`` (in (0, 1)) and ``headroom`` (in [0, 5]);
+    ``families`` (instance families preferred) is optional. Names must be unique.
+    """
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.startswith(("[", "{")):
+            try:
+                raw = json.loads(text)
+            except ValueError as ex:
+                raise SettingsError(f"setting arms: invalid JSON: {ex}") from ex
+        else:
+            raw = [_compact_arm(i, part.strip()) for i, part in enumerate(text.split(","))
+                   if part.strip()]
+    if isinstance(raw, Mapping) or not isinstance(raw, list | tuple):
+        raise SettingsError(f"setting arms expects a list of arms (a TOML [[arms]] array of "
+                            f"tables), got {raw!r}")
+    arms = [_arm(i, item) for i, item in enumerate(raw)]
+    if not arms:
+        raise SettingsError("setting arms must define at least one arm")
+    names = [a.name for a in arms]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SettingsError(f"setting arms: arm names must be unique, repeated: {dupes}")
+    return Arms(arms)
+
+
+def _compact_arm(index: int, part: str) -> dict[str, Any]:
+    fields_ = part.split(":")
+    if len(fields_) not in (3, 4):
+        raise SettingsError(f"setting arms[{index}]: expected name:quantile:headroom"
+                            f"[:family+family], got {part!r}")
+    doc: dict[str, Any] = {"name": fields_[0], "quantile": fields_[1], "headroom": fields_[2]}
+    if len(fields_) == 4:
+        doc["families"] = [f for f in fields_[3].split("+") if f]
+    for key in ("quantile", "headroom"):
+        try:
+            doc[key] = float(doc[key])
+        except ValueError as ex:
+            raise SettingsError(f"setting arms[{index}]: {key} must be a number, "
+                                f"got {doc[key]!r}") from ex
+    return doc
+
+
+def _arm(index: int, item: Any) -> Policy:
+    where = f"setting arms[{index}]"
+    if isinstance(item, Policy):
+        policy = item
+    else:
+        if not isinstance(item, Mapping):
+            raise SettingsError(f"{where}: expected a table with name, quantile, headroom "
+                                f"(and optionally families), got {item!r}")
+        unknown = sorted(set(item) - set(_ARM_KEYS))
+        if unknown:
+            raise SettingsError(f"{where}: unknown key(s) {unknown}, expected {list(_ARM_KEYS)}")
+        missing = [k for k in _ARM_KEYS[:3] if k not in item]
+        if missing:
+            raise SettingsError(f"{where}: missing {', '.join(missing)}")
+        where = f"setting arms[{index}] ({item['name']!r})"
+        for key in ("quantile", "headroom"):
+            value = item[key]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise SettingsError(f"{where}: {key} must be a number, got {value!r}")
+        families = item.get("families")
+        if families is not None:
+            if isinstance(families, str) or not isinstance(families, list | tuple) or not all(
+                    isinstance(f, str) and f for f in families):
+                raise SettingsError(f"{where}: families must be a list of instance family "
+                                    f"names, got {families!r}")
+            families = tuple(families)
+        try:
+            policy = Policy(name=item["name"], quantile=float(item["quantile"]),
+                            headroom=float(item["headroom"]), families=families)
+        except ValueError as ex:
+            raise SettingsError(f"{where}: {ex}") from ex
+    if not 0.0 <= policy.headroom <= 5.0:
+        raise SettingsError(f"{where}: headroom must be in [0, 5], got {policy.headroom}")
+    return policy
 
 
 def _coerce(name: str, raw: Any, target: Any) -> Any:
     """Convert a TOML/env/flag value to the type of the default, naming the setting on error."""
     kind = {f.name: f for f in fields(Settings)}[name].type
+    if kind == "Arms":
+        return _parse_arms(raw)
     try:
         if kind in ("int",):
             if isinstance(raw, bool):
@@ -199,10 +342,20 @@ def load_settings(
             doc = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as ex:
             raise SettingsError(f"config file {path}: {ex}") from ex
-        for key, raw in doc.get("fpstream", doc).items():
+        section = doc.get("fpstream", doc)
+        if section is not doc and "arms" in doc:
+            # ``[[arms]]`` written after a ``[fpstream]`` table lands at the top level.
+            if "arms" in section:
+                raise SettingsError(f"config file {path}: arms defined twice "
+                                    f"([[arms]] and [[fpstream.arms]])")
+            section = {**section, "arms": doc["arms"]}
+        for key, raw in section.items():
             if key not in names:
                 raise SettingsError(f"config file {path}: unknown setting {key!r}")
-            values[key] = _coerce(key, raw, None)
+            try:
+                values[key] = _coerce(key, raw, None)
+            except SettingsError as ex:
+                raise SettingsError(f"config file {path}: {ex}") from ex
     environ = os.environ if env is None else env
     for key, raw in environ.items():
         if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX):].lower() in names:

@@ -9,45 +9,63 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-DEFAULT_PATH = Path("../shared/data/bitbrains-rnd-2013-07")
+DEFAULT_PATHS: dict[str, Path] = {
+    "bitbrains": Path("../shared/data/bitbrains-rnd-2013-07"),
+    "planetlab": Path("../shared/data/planetlab-comon-2011/planetlab-2011-days1-5.tar.gz"),
+}
 
 
 def backtest(
-    path: Annotated[Path, typer.Argument(
-        help="Trace folder (or its vms/ folder): Bitbrains N.csv or N.csv.gz files.")
-    ] = DEFAULT_PATH,
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Trace paths. bitbrains: folders (or vms/ folders) of N.csv(.gz) files; "
+             "planetlab: CoMon .tar.gz archives (read in place); jsonl: recorded metric "
+             "messages, one JSON object or array a line. Default: the trace in "
+             "../shared/data for bitbrains and planetlab.",
+        show_default=False)] = None,
     format: Annotated[str, typer.Option(  # noqa: A002 - the option is --format
-        "--format", help="Trace format; only 'bitbrains' for now.")] = "bitbrains",
+        "--format", help="Trace format: bitbrains, planetlab or jsonl.")] = "bitbrains",
     limit_series: Annotated[int | None, typer.Option(
-        "--limit-series", min=1, help="Use the first N series (in file-number order).")] = None,
+        "--limit-series", min=1, help="Use the first N series (in the reader's order).")] = None,
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Also write the result document to this file.")] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Also write a self-contained HTML report to this file.")] = None,
 ) -> None:
     """Replay a real trace through the flow, hourly decisions, scored against VPA, Crane,
     the manual allocation and the oracle (DESIGN.md, Evaluation protocol)."""
     from rich.console import Console
 
     from fpstream.backtest.run import run_backtest
+    from fpstream.backtest.traces import FORMATS
 
     console = Console(stderr=True)
-    if format != "bitbrains":
-        typer.echo(f"fpstream backtest: unsupported --format {format!r}, expected bitbrains",
-                   err=True)
+    if format not in FORMATS:
+        typer.echo(f"fpstream backtest: unsupported --format {format!r}, expected one of "
+                   f"{', '.join(FORMATS)}", err=True)
         raise typer.Exit(2)
-    if not path.exists():
-        typer.echo(f"fpstream backtest: no trace at {path}", err=True)
-        raise typer.Exit(2)
+    if not paths:
+        if format not in DEFAULT_PATHS:
+            typer.echo(f"fpstream backtest: --format {format} needs at least one path", err=True)
+            raise typer.Exit(2)
+        paths = [DEFAULT_PATHS[format]]
+    for path in paths:
+        if not path.exists():
+            typer.echo(f"fpstream backtest: no trace at {path}", err=True)
+            raise typer.Exit(2)
     with console.status("reading the trace and running the flow...") as status:
         def progress(phase: str, done: int, total: int) -> None:
             what = "running the flow over" if phase == "flow" else "scoring"
             status.update(f"{what} {total} series ({done}/{total})")
 
         try:
-            result = run_backtest(path, limit_series, fmt=format, progress=progress)
+            result = run_backtest(paths, limit_series, fmt=format, progress=progress,
+                                  report=report)
         except (FileNotFoundError, ValueError) as ex:
             typer.echo(f"fpstream backtest: {ex}", err=True)
             raise typer.Exit(2) from ex
     console.print(summary_table(result))
+    if report is not None:
+        console.print(f"report written to {report}")
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2)
     if json_out is not None:
         json_out.write_bytes(text + b"\n")
@@ -55,15 +73,19 @@ def backtest(
 
 
 def summary_table(result: dict[str, Any]) -> Any:
+    """The day-2-on figures as a rich table: one row per method, columns per resource the
+    trace has; ``-`` where a method is not scored on a resource."""
     from rich.table import Table
 
+    resources = [res for res in ("cpu", "mem") if res in result]
     table = Table(title=f"backtest: {result['series']} series, {result['steps']} steps "
                         "(day 2 on; hourly decisions)")
     table.add_column("method")
-    for res in ("cpu", "mem"):
+    for res in resources:
         for k in ("waste", "viol", "short"):
             table.add_column(f"{res} {k}", justify="right")
-    for method in result["cpu"]:
-        table.add_row(method, *(f"{result[res][method][k]:.4f}"
-                                for res in ("cpu", "mem") for k in ("waste", "viol", "short")))
+    methods = list(dict.fromkeys(m for res in resources for m in result[res]))
+    for method in methods:
+        table.add_row(method, *(f"{result[res][method][k]:.4f}" if method in result[res] else "-"
+                                for res in resources for k in ("waste", "viol", "short")))
     return table

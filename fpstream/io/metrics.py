@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -63,6 +63,28 @@ class FlowMetrics:
         self.latency = Histogram(
             "fpstream_step_latency_seconds", "Time spent in one call of a flow step.",
             ["step"], buckets=_LATENCY_BUCKETS, registry=r)
+        # A/B experiment, per arm (arm names come from the settings: a handful).
+        self.experiment_periods = Counter(
+            "fpstream_experiment_periods_total", "Decision periods closed and scored, by arm.",
+            ["arm"], registry=r)
+        self.experiment_violations = Counter(
+            "fpstream_experiment_violations_total",
+            "Windows whose use exceeded the allocation (u > A), by arm.", ["arm"], registry=r)
+        self.experiment_waste = Gauge(
+            "fpstream_experiment_waste_ratio",
+            "Mean normalised waste per decision period, sum(max(A-u,0))/sum(A), by arm.",
+            ["arm"], registry=r)
+        self.experiment_reward = Gauge(
+            "fpstream_experiment_reward",
+            "Mean reward per decision period (-waste - penalty * violation rate), by arm.",
+            ["arm"], registry=r)
+        self.experiment_share = Gauge(
+            "fpstream_experiment_share_ratio", "Share of instance assignments, by arm.",
+            ["arm"], registry=r)
+        self.experiment_guard_moves = Counter(
+            "fpstream_experiment_guard_moves_total",
+            "Instances moved to the conservative arm by the violation guard rail.", registry=r)
+        self._experiment_seen: dict[str, int] = {}
         # Make every fixed label value visible from the start, so dashboards and alert rules
         # see zeros instead of missing series.
         for reason in REASONS:
@@ -74,6 +96,33 @@ class FlowMetrics:
             self.allocations.labels(kind)
         for severity in ("warn", "critical"):
             self.anomalies.labels(severity)
+
+    def observe_experiment(self, summary: Mapping[str, Any]) -> None:
+        """Export an ``Experiment.summary()``: gauges are set, counters advance to its totals.
+
+        The summary's totals are cumulative; counters are increased by the growth since the
+        previous call (a total that went down means a fresh experiment, counted from zero).
+        """
+        arms: Mapping[str, Mapping[str, Any]] = summary.get("arms", {})
+        for arm, doc in arms.items():
+            for gauge, field in ((self.experiment_waste, "waste"),
+                                 (self.experiment_reward, "reward"),
+                                 (self.experiment_share, "share")):
+                value = doc.get(field)
+                gauge.labels(arm).set(float("nan") if value is None else float(value))
+            self._advance(self.experiment_periods.labels(arm), f"periods/{arm}",
+                          int(doc.get("periods", 0)))
+            self._advance(self.experiment_violations.labels(arm), f"violations/{arm}",
+                          int(doc.get("violations", 0)))
+        self._advance(self.experiment_guard_moves, "guard_moves",
+                      int(summary.get("guard_moves", 0)))
+
+    def _advance(self, counter: Counter, key: str, total: int) -> None:
+        last = self._experiment_seen.get(key, 0)
+        delta = total - last if total >= last else total
+        if delta > 0:
+            counter.inc(delta)
+        self._experiment_seen[key] = total
 
     def timed(self, step: str, fn: Callable[P, R]) -> Callable[P, R]:
         """Wrap a step function so each call is observed in the latency histogram."""

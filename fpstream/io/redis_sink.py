@@ -1,4 +1,5 @@
-"""Redis outputs: the actuators' allocation stream, desired state and cluster definitions.
+"""Redis outputs: the actuators' allocation stream, desired state, cluster definitions and
+the A/B experiment's summary (``<prefix>:experiment:<name>``).
 
 Writes are idempotent: after a worker resumes from a snapshot it may emit the same allocations
 again, and the script below refuses any allocation whose sequence number is not newer than the
@@ -15,6 +16,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from fpstream.events import Allocation, encode
+from fpstream.experiment import ExperimentSnapshot
 from fpstream.model import ClusterDef, ClusterSnapshot
 from fpstream.settings import Settings, mask_url
 
@@ -28,6 +30,19 @@ end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*',
            'id', ARGV[5], 'app', ARGV[6], 'instance', ARGV[1], 'data', ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+"""
+
+# KEYS: experiment key. ARGV: ts, json. Keeps the newest summary: a snapshot replayed after a
+# resume (older event time) never overwrites a newer one.
+_PUBLISH_EXPERIMENT = """
+local old = redis.call('GET', KEYS[1])
+if old then
+  local ok, doc = pcall(cjson.decode, old)
+  if ok and type(doc) == 'table' and tonumber(doc['ts']) and
+     tonumber(doc['ts']) > tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
 
@@ -54,13 +69,15 @@ class RedisPublisher:
         self.client = client
         self.settings = settings
         self._publish = client.register_script(_PUBLISH_ALLOCATION)
+        self._publish_experiment = client.register_script(_PUBLISH_EXPERIMENT)
 
-    def write(self, items: Iterable[Allocation | ClusterSnapshot]) -> int:
+    def write(self, items: Iterable[Allocation | ClusterSnapshot | ExperimentSnapshot]) -> int:
         """Publish; returns how many allocations were new (not redeliveries)."""
         s = self.settings
         pipe = self.client.pipeline(transaction=False)
         allocations = 0
         snapshot: ClusterSnapshot | None = None
+        experiments: dict[str, ExperimentSnapshot] = {}
         for item in items:
             if isinstance(item, Allocation):
                 keys = [s.key("allocations"), s.key("desired", item.app)]
@@ -68,12 +85,25 @@ class RedisPublisher:
                         s.allocations_maxlen, item.id, item.app]
                 self._publish(keys=keys, args=argv, client=pipe)
                 allocations += 1
+            elif isinstance(item, ExperimentSnapshot):
+                old = experiments.get(item.name)
+                if old is None or item.ts >= old.ts:  # only the newest per experiment matters
+                    experiments[item.name] = item
             else:
                 snapshot = item  # only the newest of a batch matters
-        results: list[Any] = pipe.execute() if allocations else []
+        for exp in experiments.values():
+            self._publish_experiment(keys=[s.key("experiment", exp.name)],
+                                     args=[repr(exp.ts), experiment_doc(exp)], client=pipe)
+        results: list[Any] = pipe.execute() if allocations or experiments else []
         if snapshot is not None:
             self.publish_clusters(snapshot)
-        return sum(1 for r in results if r == 1)
+        return sum(1 for r in results[:allocations] if r == 1)
+
+    def publish_experiment(self, snap: ExperimentSnapshot) -> bool:
+        """Store one experiment summary; False if a newer one is already there."""
+        key = self.settings.key("experiment", snap.name)
+        return bool(self._publish_experiment(keys=[key], args=[repr(snap.ts),
+                                                               experiment_doc(snap)]))
 
     def publish_clusters(self, snap: ClusterSnapshot) -> None:
         """Replace the cluster definitions and app memberships in one transaction."""
@@ -87,6 +117,11 @@ class RedisPublisher:
             pipe.hset(s.key("app_cluster"), mapping={a: str(c) for a, c in snap.apps.items()})
         pipe.set(s.key("clusters", "version"), snap.version)
         pipe.execute()
+
+
+def experiment_doc(snap: ExperimentSnapshot) -> bytes:
+    """The stored JSON: the summary plus the snapshot's event time and experiment name."""
+    return orjson.dumps({**snap.summary, "name": snap.name, "ts": snap.ts})
 
 
 def _cluster_doc(c: ClusterDef) -> dict[str, Any]:

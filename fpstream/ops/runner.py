@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -52,14 +53,52 @@ def flow_command(
     return cmd
 
 
-def init_recovery(recovery_dir: str | Path, partitions: int) -> None:
-    """Create the recovery partitions once (``python -m bytewax.recovery DIR N``)."""
+RECOVERY_MARKER = ".fpstream-recovery"
+
+
+def owned_partitions(partitions: int, process_id: int = 0, processes: int = 1) -> list[int]:
+    """The recovery partitions that process ``process_id`` of ``processes`` keeps on its own volume.
+
+    Bytewax needs every partition reachable by *some* worker of the cluster, and each one exactly
+    once: workers announce the partitions they find in their ``-r`` directory and one of them
+    becomes primary for each index. So the partitions are dealt round-robin over the first
+    ``processes`` processes (``j % processes == process_id``); a process added later by a
+    scale-out (``process_id >= processes``) owns none, which Bytewax allows.
+    """
+    if partitions < 1 or processes < 1 or process_id < 0:
+        raise ValueError(f"bad recovery layout: {partitions} partitions, process {process_id} "
+                         f"of {processes}")
+    return [j for j in range(partitions) if j % processes == process_id]
+
+
+def init_recovery(recovery_dir: str | Path, partitions: int, *, process_id: int = 0,
+                  processes: int = 1) -> list[int]:
+    """Create this process's share of the recovery partitions, once; returns the indexes made.
+
+    With the defaults (one process, or one directory every process sees) all ``partitions`` are
+    created, as ``python -m bytewax.recovery DIR N`` does. With ``process_id``/``processes`` each
+    process gets only :func:`owned_partitions` in its own directory, so the cluster as a whole
+    sees every partition exactly once. A directory that holds partitions, or was initialised
+    before (a marker file stays even if the partitions are moved away on a scale-in), is left
+    alone: re-creating them would put a second, empty copy of an index beside the real one.
+    """
     path = Path(recovery_dir)
-    if path.exists() and any(path.glob("part-*.sqlite3")):
-        return
+    owned = owned_partitions(partitions, process_id, processes)
+    if path.exists() and (any(path.glob("part-*.sqlite3")) or (path / RECOVERY_MARKER).exists()):
+        return []
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(path), str(partitions)],
-                   check=True, capture_output=True)
+    if owned:
+        # Made all together (each file records the total count), then only ours moved in place.
+        with tempfile.TemporaryDirectory(prefix=".init-", dir=path) as tmp:
+            subprocess.run([sys.executable, "-m", "bytewax.recovery", tmp, str(partitions)],
+                           check=True, capture_output=True)
+            for j in owned:
+                for f in sorted(Path(tmp).glob(f"part-{j}.sqlite3*")):
+                    os.replace(f, path / f.name)
+    (path / RECOVERY_MARKER).write_text(
+        f"partitions={partitions} process_id={process_id} processes={processes} "
+        f"owned={','.join(map(str, owned))}\n")
+    return owned
 
 
 class FlowProcess:

@@ -1,4 +1,5 @@
-"""``fpstream status``: what the flow has published to Redis and what the actuators still owe.
+"""``fpstream status``: what the flow has published to Redis and what the actuators still owe,
+and the A/B experiment's per-arm results when the flow has published them.
 
 Reads only; safe against a live deployment. Registered by ``fpstream/cli.py`` with
 ``app.command()(status)``; this module imports nothing from the CLI so that registration
@@ -25,7 +26,8 @@ def _text(value: Any) -> str:
 
 
 def read_status(client: redis.Redis, settings: Settings, limit: int = 10) -> dict[str, Any]:
-    """Clusters, their apps, the newest ``limit`` allocations and the actuators' backlog.
+    """Clusters, their apps, the newest ``limit`` allocations, the actuators' backlog and the
+    experiment ``settings.experiment_name`` (``None`` until the flow has published it).
 
     Works with clients built with or without ``decode_responses``.
     """
@@ -60,7 +62,18 @@ def read_status(client: redis.Redis, settings: Settings, limit: int = 10) -> dic
         "stream_length": client.xlen(stream),
         "allocations": allocations,
         "actuators": _backlog(client, stream),
+        "experiment": read_experiment(client, settings),
     }
+
+
+def read_experiment(client: redis.Redis, settings: Settings,
+                    name: str | None = None) -> dict[str, Any] | None:
+    """The summary stored under ``<prefix>:experiment:<name>`` (default: the configured name)."""
+    raw = client.get(settings.key("experiment", name or settings.experiment_name))
+    if raw is None:
+        return None
+    doc: dict[str, Any] = orjson.loads(raw)
+    return doc
 
 
 def _backlog(client: redis.Redis, stream: str) -> dict[str, Any]:
@@ -89,7 +102,8 @@ def status(
     = False,
     limit: Annotated[int, typer.Option(min=0, help="Latest allocations to show.")] = 10,
 ) -> None:
-    """Show clusters, apps per cluster, the latest allocations and the actuators' backlog."""
+    """Show clusters, apps per cluster, the latest allocations, the actuators' backlog and the
+    A/B experiment."""
     from fpstream.io.redis_sink import connect
 
     try:
@@ -121,6 +135,40 @@ def _when(ts: float) -> str:
 
 def _gib(n: float | None) -> str:
     return "-" if n is None else f"{n / 2**30:.2f}"
+
+
+def _num(x: float | None, fmt: str = ".3f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _interval(ci: list[float] | None) -> str:
+    return "-" if not ci else f"{ci[0]:+.3f}..{ci[1]:+.3f}"
+
+
+def _experiment_table(exp: dict[str, Any]) -> Any:
+    from rich import box
+    from rich.table import Table
+
+    base = exp.get("baseline")
+    diffs: dict[str, Any] = exp.get("differences", {})
+    table = Table(title=f"experiment {exp.get('name')!r}: {exp.get('mode')}, "
+                  f"{exp.get('periods', 0)} periods, {exp.get('guard_moves', 0)} guard moves",
+                  box=box.SIMPLE_HEAD,
+                  show_edge=False, padding=(0, 1), collapse_padding=True)
+    for col in ("arm", "share", "periods", "waste", "viol", "reward", "Δ reward", "Δ 95% CI"):
+        table.add_column(col, justify="left" if col == "arm" else "right", no_wrap=True)
+    for name, arm in exp.get("arms", {}).items():
+        d = diffs.get(name)
+        mark = " *" if d and d.get("significant") else ""
+        table.add_row(
+            name, _num(arm.get("share"), ".1%"), str(arm.get("periods", 0)),
+            _num(arm.get("waste"), ".1%"), _num(arm.get("viol"), ".1%"),
+            _num(arm.get("reward"), "+.3f"),
+            "baseline" if name == base else "-" if not d else _num(d.get("diff"), "+.3f") + mark,
+            "" if name == base else "-" if not d else _interval(d.get("ci95")))
+    table.caption = ("Δ: mean reward minus the baseline's; * its 95% confidence interval "
+                     "excludes 0")
+    return table
 
 
 def _print_tables(report: dict[str, Any]) -> None:
@@ -161,3 +209,6 @@ def _print_tables(report: dict[str, Any]) -> None:
     if not act["groups"]:
         gt.add_row("(no consumer group)", "0", "0", "0")
     console.print(gt)
+
+    if report.get("experiment"):
+        console.print(_experiment_table(report["experiment"]))

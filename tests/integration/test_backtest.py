@@ -54,3 +54,43 @@ def test_baselines_order_as_they_must(result: dict[str, Any]) -> None:
     # asserted, printed for the record (pytest -s).
     for res in ("cpu", "mem"):
         print(res, "fpstream", result[res]["fpstream"], "vpa", result[res]["vpa"])
+
+
+PLANETLAB = DATA / "planetlab-comon-2011" / "planetlab-2011-days1-5.tar.gz"
+N_PLANETLAB = 6
+
+
+@pytest.fixture(scope="module")
+def planetlab(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    if not PLANETLAB.is_file():
+        pytest.skip(f"the PlanetLab trace is not here ({PLANETLAB}): a fresh clone has no "
+                    "../shared/data; CI provides it")
+    report = tmp_path_factory.mktemp("report") / "planetlab.html"
+    return run_backtest(PLANETLAB, N_PLANETLAB, fmt="planetlab", report=report), report
+
+
+def test_planetlab_has_cpu_only(planetlab: tuple[dict[str, Any], Path]) -> None:
+    result, _ = planetlab
+    assert result["series"] == N_PLANETLAB
+    assert "mem" not in result and "mem" not in result["first_day"]
+    assert set(result["cpu"]) == set(METHODS)
+    for doc in (result["cpu"], result["first_day"]["cpu"]):
+        for method, figures in doc.items():
+            assert set(figures) == {"waste", "viol", "short"}
+            assert all(0.0 <= v <= 1.0 for v in figures.values()), (method, figures)
+    assert result["cpu"]["oracle"]["viol"] == 0.0
+    assert result["cpu"]["manual"]["waste"] > result["cpu"]["oracle"]["waste"]
+    notes = result["notes"]
+    assert notes["allocations"] >= N_PLANETLAB
+    assert not [k for k in notes if k.startswith("deadletter:")]
+    assert notes["trace"]["format"] == "planetlab"
+
+
+def test_planetlab_report_is_self_contained(planetlab: tuple[dict[str, Any], Path]) -> None:
+    _, report = planetlab
+    page = report.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert "<svg" in page or "data:image/png;base64" in page
+    assert "http" not in page  # no remote script, style, font or image, not even a DTD
+    assert page.count("<svg") >= 3  # the bars, at least one series, the clusters
+    assert "fpstream" in page and "oracle" in page and "mem waste" not in page

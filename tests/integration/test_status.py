@@ -78,6 +78,7 @@ def test_empty_prefix(settings, redis_client) -> None:
     assert report["clusters"] == [] and report["allocations"] == []
     assert report["clusters_version"] is None and report["stream_length"] == 0
     assert report["actuators"]["backlog"] == 0
+    assert report["experiment"] is None
 
 
 def cli() -> typer.Typer:

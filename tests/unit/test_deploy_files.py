@@ -196,18 +196,38 @@ def test_statefulset_runs_bytewax_cluster_with_recovery(tmp_path: Path,
     assert mounts == {"recovery": RECOVERY} and "recovery" in claims
 
 
-def test_statefulset_init_creates_recovery_partitions_once(tmp_path: Path) -> None:
+def test_statefulset_init_deals_recovery_partitions_over_pod_volumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pod's volume gets its own share; together they hold every partition exactly once
+    (Bytewax needs the cluster to see each one once, not every pod to see all of them)."""
     sts = k8s("StatefulSet", "fpstream-flow")
+    replicas = sts["spec"]["replicas"]
     init = container(sts["spec"]["template"]["spec"], "recovery", init=True)
-    script = init["args"][0]
+    assert init["command"] == ["python", "-c"]
     assert {m["mountPath"] for m in init["volumeMounts"]} == {RECOVERY}
-    argv = run_script(script, {}, tmp_path)
-    assert argv == ["-m", "bytewax.recovery", RECOVERY, "4"]
-    assert int(argv[-1]) >= sts["spec"]["replicas"]
-    # Already initialised: nothing runs.
-    assert run_script(script.replace(RECOVERY, str(tmp_path)), {}, tmp_path) != []
-    (tmp_path / "part-0.sqlite3").touch()
-    assert run_script(script.replace(RECOVERY, str(tmp_path)), {}, tmp_path) == []
+    env = {e["name"]: e["value"] for e in init["env"]}
+    partitions, owners = int(env["RECOVERY_PARTITIONS"]), int(env["RECOVERY_OWNERS"])
+    assert owners == replicas and partitions >= replicas
+    claims = sts["spec"]["volumeClaimTemplates"]
+    assert [c["spec"]["accessModes"] for c in claims] == [["ReadWriteOnce"]]
+
+    def run_init(ordinal: int) -> set[str]:
+        volume = tmp_path / f"pod-{ordinal}"
+        script = init["args"][0].replace(RECOVERY, str(volume))
+        for key, value in {**env, "HOSTNAME": f"fpstream-flow-{ordinal}"}.items():
+            monkeypatch.setenv(key, value)
+        exec(compile(script, "recovery-init", "exec"), {})
+        return {f.name for f in volume.glob("part-*")}
+
+    shares = [run_init(k) for k in range(replicas)]
+    assert all(shares)
+    assert set().union(*shares) == {f"part-{j}.sqlite3" for j in range(partitions)}
+    assert sum(len(s) for s in shares) == partitions  # no index on two volumes
+    assert run_init(replicas) == set()  # a pod added by a scale-out owns none
+    # Already initialised, even with the partitions moved away on a scale-in: nothing is made.
+    for f in (tmp_path / "pod-0").glob("part-*"):
+        f.unlink()
+    assert run_init(0) == set()
 
 
 def test_statefulset_init_creates_the_configured_topics(monkeypatch: pytest.MonkeyPatch) -> None:
