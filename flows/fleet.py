@@ -22,7 +22,7 @@ from fpstream.ingest import AppSeen, Progress, SampleBatch
 from fpstream.io.kafka import input_partitions, make_sink, make_source, to_message, to_raw
 from fpstream.io.metrics import FlowMetrics
 from fpstream.io.redis_sink import RedisSink
-from fpstream.io.steps import ModelLogic, ProfileLogic, Steps, WindowLogic, is_cluster_def
+from fpstream.io.steps import ModelLogic, ProfileLogic, Steps, WindowLogic, is_redis_only
 from fpstream.settings import Settings, load_settings
 
 FLEET_KEY = "fleet"
@@ -70,7 +70,8 @@ def build_flow(
         "model", op.key_on("fleet", to_model, lambda _: FLEET_KEY),
         lambda resume: ModelLogic(settings, metrics, resume, sources))
     outputs = op.map("count", op.key_rm("unkey_model", decided), steps.count_output)
-    clusters = op.branch("clusters", outputs, is_cluster_def)
+    # Cluster snapshots and experiment summaries go to Redis only; the rest to Kafka too.
+    clusters = op.branch("clusters", outputs, is_redis_only)
 
     letters = op.map("count_deadletters", op.merge("deadletters", refused.trues, late.trues),
                      steps.count_deadletter)
@@ -94,7 +95,7 @@ def _app_of_batch(batch: Any) -> str:
 def _for_redis(item: Any) -> bool:
     from fpstream.events import Allocation
 
-    return isinstance(item, Allocation) or is_cluster_def(item)
+    return isinstance(item, Allocation) or is_redis_only(item)
 
 
 def flow() -> Dataflow:

@@ -10,11 +10,14 @@ Modes
                 ``hash()``), first 8 bytes modulo the number of arms. The same instance
                 gets the same arm in every process, run and replay; the experiment
                 name salts the hash so a new experiment reshuffles the fleet.
-    ``bandit``  one River :class:`~river.bandit.ThompsonSampling` bandit (Gaussian reward
-                distribution) per cluster, seeded from SHA-256 of ``"<seed>/<cluster>"``, so a
-                replay makes the same choices. Until every arm of a cluster has ``burn_in``
-                recorded periods, the cluster is assigned by the ``split`` hash, so the first
-                periods explore all arms evenly instead of sending everyone to the first arm.
+    ``bandit``  one River :class:`~river.bandit.ThompsonSampling` bandit with
+                :class:`~river.proba.Beta` posteriors per cluster (Bernoulli trick, below),
+                seeded from SHA-256 of ``"<seed>/<cluster>"``, so a replay makes the same
+                choices. Until every arm of a cluster has ``burn_in`` recorded periods, the
+                cluster is in burn-in: each assignment goes to the next arm, round-robin in
+                arm order, among the arms that still lack periods, so every arm gets its
+                burn-in periods even in a cluster of one or two instances (a hash split could
+                leave an arm without any instance, and the bandit would never start).
     ``off``     no experiment: every instance gets the first arm (stats are still kept, and the
                 guard rail still applies).
 
@@ -29,7 +32,25 @@ Reward of a closed period (:meth:`Experiment.record`)::
 
 where ``violations`` is the number of windows with ``u > A`` and ``steps`` the number of windows
 in the period. Both terms are in [0, 1] (times the penalty), so a reward is in
-``[-1 - violation_penalty, 0]``.
+``[-1 - violation_penalty, 0]``. The statistics and the summary report rewards in these units.
+
+Bandit update (Bernoulli trick, Agrawal & Goyal 2012, "Analysis of Thompson Sampling for the
+Multi-armed Bandit Problem"): the reward is mapped to [0, 1] by::
+
+    x = min(max(1 + reward, 0), 1) = max(1 - waste - violation_penalty * violations / steps, 0)
+
+(1 for a period without waste or violations, 0 for one whose waste plus penalised violation
+rate reaches 1), and the arm's Beta posterior (River :class:`~river.proba.Beta`, prior
+Beta(1, 1)) is updated with one Bernoulli draw of success probability ``x``. The Beta then is
+the posterior of the arm's *mean* ``x`` and narrows as periods accumulate, so Thompson sampling
+concentrates on the better arm (a Gaussian fitted to the rewards themselves keeps sampling from
+their spread, so the better arm's share settles near P(one reward beats another)). The map is
+monotone; it only merges periods at least that bad (waste + penalised rate >= 1, e.g. half the
+windows violated at the default penalty 2), which the guard rail handles anyway. It is not
+``1 + reward / (1 + violation_penalty)``, which covers the full reward range but divides the
+differences between realistic periods by ``1 + violation_penalty``, so the Bernoulli draws'
+noise would swamp them for that much longer. The draws come from a ``random.Random`` per
+cluster seeded from SHA-256 of ``"<seed>/<cluster>/bernoulli"``: deterministic and picklable.
 
 Guard rail: the **conservative arm** is the arm with the largest ``quantile + headroom`` (ties:
 the earliest in the list). When an instance's violation rate over its last ``guard_periods``
@@ -62,6 +83,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -195,6 +217,8 @@ class Experiment:
         self._conservative = max(arms, key=lambda a: a.quantile + a.headroom)
         self._stats = {n: _ArmStats() for n in names}
         self._bandits: dict[str, bandit.ThompsonSampling] = {}
+        self._coins: dict[str, random.Random] = {}  # cluster -> Bernoulli-trick draws
+        self._turns: dict[str, int] = {}  # cluster -> burn-in round-robin position
         self._open: dict[str, str] = {}  # instance -> arm of its open decision period
         self._history: dict[str, deque[tuple[int, int]]] = {}  # instance -> (violations, steps)
         self._guarded: set[str] = set()
@@ -241,6 +265,23 @@ class Experiment:
             self._stats[chosen].assignments += 1
         return self._by_name[chosen]
 
+    def peek(self, app: str, instance: str) -> Policy:
+        """The instance's arm without choosing or counting anything: the arm of its open
+        period if it has one, else the conservative arm if pinned, the first arm in mode
+        ``off``, otherwise the ``split`` hash's arm (never the bandit's, whose draw would
+        depend on when this is asked). For answers that must not change the experiment, such
+        as a proactive allocation made on arrival rather than in event-time order."""
+        key = f"{app}/{instance}"
+        chosen = self._open.get(key)
+        if chosen is None:
+            if key in self._guarded:
+                chosen = self._conservative.name
+            elif self.mode == "off":
+                chosen = self._names[0]
+            else:
+                chosen = self._split(key)
+        return self._by_name[chosen]
+
     def _choose(self, key: str, cluster: int | str | None) -> str:
         if key in self._guarded:
             return self._conservative.name
@@ -248,8 +289,18 @@ class Experiment:
             return self._names[0]
         if self.mode == "bandit":
             policy = self._bandit(cluster)
-            if all(policy._counts[n] >= self.burn_in for n in self._names):
-                return str(policy.pull(list(self._names)))
+            names = self._names
+            lacking = [policy._counts[n] < self.burn_in for n in names]
+            if not any(lacking):
+                return str(policy.pull(list(names)))
+            # Burn-in: the next arm (in arm order, cyclically) that still lacks periods.
+            cid = str(cluster)
+            turn = self._turns.get(cid, 0)
+            for step in range(len(names)):
+                i = (turn + step) % len(names)
+                if lacking[i]:
+                    self._turns[cid] = (i + 1) % len(names)
+                    return names[i]
         return self._split(key)
 
     def _split(self, key: str) -> str:
@@ -260,9 +311,31 @@ class Experiment:
         policy = self._bandits.get(cid)
         if policy is None:
             policy = bandit.ThompsonSampling(
-                reward_obj=proba.Gaussian(), seed=_digest_int(f"{self.seed}/{cid}"))
+                reward_obj=proba.Beta(), seed=_digest_int(f"{self.seed}/{cid}"))
             self._bandits[cid] = policy
         return policy
+
+    def _coin(self, cluster: int | str | None) -> random.Random:
+        cid = str(cluster)
+        coin = self._coins.get(cid)
+        if coin is None:
+            coin = self._coins[cid] = random.Random(_digest_int(f"{self.seed}/{cid}/bernoulli"))
+        return coin
+
+    @staticmethod
+    def normalised(reward: float) -> float:
+        """A reward mapped to [0, 1] for the bandit's Bernoulli draw: ``1 + reward``, clipped
+        (see the module docstring)."""
+        return min(max(1.0 + reward, 0.0), 1.0)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Snapshots taken before the Beta bandits: drop their Gaussian bandits (they learned
+        # rewards in other units); the clusters go through burn-in again.
+        if "_coins" not in state:
+            state["_bandits"] = {}
+            state["_coins"] = {}
+            state["_turns"] = {}
+        self.__dict__.update(state)
 
     # -- outcomes -----------------------------------------------------------------------------
 
@@ -306,7 +379,9 @@ class Experiment:
         key = f"{app}/{instance}"
         pinned = key in self._guarded
         if self.mode == "bandit" and not pinned:
-            self._bandit(cluster).update(arm_name, reward)
+            # Bernoulli trick: one success/failure draw with probability the normalised reward.
+            success = self._coin(cluster).random() < self.normalised(reward)
+            self._bandit(cluster).update(arm_name, success)
 
         history = self._history.get(key)
         if history is None:

@@ -35,10 +35,12 @@ from fpstream.catalog import Catalog
 from fpstream.clustering import FleetClusters
 from fpstream.coldstart import ColdStart
 from fpstream.events import RESOURCES, Allocation, Anomaly, DeployRequest
+from fpstream.experiment import Experiment, ExperimentSnapshot, score_period
 from fpstream.fingerprint import Fingerprinter
 from fpstream.policy import Policy, changed_materially
 from fpstream.predict import NeedPredictor
 from fpstream.profile import ProfileSnapshot
+from fpstream.selector import OFFSETS, RuleSelector
 from fpstream.settings import Settings
 from fpstream.vectors import predictor_features, profile_vector
 
@@ -73,7 +75,10 @@ class ClusterSnapshot:
     apps: dict[str, int]
 
 
-Output = Allocation | Anomaly | ClusterSnapshot
+Output = Allocation | Anomaly | ClusterSnapshot | ExperimentSnapshot
+
+#: Resources an experiment period is scored on (window peak against the reserve in force).
+SCORED_RESOURCES: tuple[str, ...] = ("cpu_cores", "mem_bytes")
 
 
 @dataclass(slots=True)
@@ -91,6 +96,11 @@ class InstanceState:
     reserve: dict[str, float] | None = None
     instance_type: str | None = None
     last_ts: float = 0.0
+    selectors: dict[str, RuleSelector] = field(default_factory=dict)
+    #: The experiment arm whose allocation is in force (``reserve``), if any.
+    arm: str | None = None
+    #: Per scored resource, the (reserve in force, window peak) of each window of the period.
+    scored: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +113,9 @@ class ModelConfig:
     seed: int = 42
     change_threshold: float = 0.10
     anomaly_threshold: float = 4.0
+    #: Price of a violated window per selected resource (``fpstream.selector``).
+    violation_cost: tuple[tuple[str, float], ...] = (
+        ("cpu_cores", 3.0), ("mem_bytes", float(2**40)))
     ttl_s: float = 86_400.0
     max_apps: int = 100_000
 
@@ -113,6 +126,8 @@ class ModelConfig:
             idle_s=s.idle_s, n_clusters=s.n_clusters, dims=s.fingerprint_dims,
             seed=s.seed, change_threshold=s.change_threshold,
             anomaly_threshold=s.anomaly_threshold, ttl_s=s.app_ttl_s, max_apps=s.max_apps,
+            violation_cost=(("cpu_cores", s.violation_cost_cpu),
+                            ("mem_bytes", s.violation_cost_mem)),
         )
 
 
@@ -128,10 +143,15 @@ class StageStats:
 
 class ModelStage:
     def __init__(self, config: ModelConfig, catalog: Catalog, policy: Policy,
-                 sources: Sequence[str] = ()) -> None:
+                 sources: Sequence[str] = (), experiment: Experiment | None = None) -> None:
+        """``experiment`` chooses each instance's policy (arm) per decision period; without
+        one, ``policy`` is the only arm (mode ``off``). ``policy.quantile`` is the quantile
+        the need model learns, whatever the arms."""
         self.config = config
         self.catalog = catalog
         self.policy = policy
+        self.experiment = (experiment if experiment is not None
+                           else Experiment("default", [policy], mode="off"))
         self.fingerprinter = Fingerprinter(dims=config.dims, seed=config.seed)
         self.clusters = FleetClusters(k=config.n_clusters, seed=config.seed)
         self.predictor = NeedPredictor(quantile=policy.quantile, seed=config.seed, lr=0.003)
@@ -217,8 +237,12 @@ class ModelStage:
         return math.inf  # no active app: nothing can still arrive before what is buffered
 
     def flush(self) -> list[Output]:
-        """End of stream: process everything still buffered."""
-        return self._drain(math.inf)
+        """End of stream: process everything still buffered, then the experiment's summary
+        as of the newest event time processed."""
+        out = self._drain(math.inf)
+        if math.isfinite(self._drained):
+            out.append(self.experiment.snapshot(self._drained))
+        return out
 
     def on_deploy(self, req: DeployRequest, arrived: float = 0.0) -> list[Output]:
         """Answer a deploy request at once with a ``proactive`` allocation.
@@ -236,16 +260,22 @@ class ModelStage:
             return []  # a redelivered request changes nothing
         known = [self.instances[(req.app, i)] for i in sorted(self.apps.get(req.app, ()))]
         own = [s.predicted for s in known if s.predicted]
-        if own:
+        # Cold start answers from the app's earlier instances first, then from its labels.
+        guess = self.coldstart.predict(req.labels, req.requested, app=req.app)
+        need, confidence = guess.need, guess.confidence
+        cluster: int | None = guess.cluster
+        if own and guess.source != "app":  # app known but no cold-start history (resumed)
             need = {r: max(p.get(r, 0.0) for p in own) for r in RESOURCES}
             cluster, confidence = self.clusters.cluster_of(req.app), 0.9
-        else:
-            guess = self.coldstart.predict(req.labels, req.requested)
-            need, cluster, confidence = guess.need, guess.cluster, guess.confidence
         if inst is None:
             inst = self._instance(req.app, req.instance, req.ts)
         inst.proactive_sent = True
-        decision = self.policy.decide(need, self.catalog)
+        # The instance's arm, looked up without drawing from the bandit: a request is answered
+        # on arrival, and the experiment must change only in event-time order.
+        arm = self.experiment.peek(req.app, req.instance)
+        decision = arm.decide(need, self.catalog)
+        # Cold-start feedback: the proactive reserve is scored over the first hour.
+        self.coldstart.track(req.app, req.instance, decision.reserve, guess.source)
         return [self._allocation(inst, 0, req.ts, "proactive", decision, need,
                                  -1 if cluster is None else cluster, confidence)]
 
@@ -266,7 +296,8 @@ class ModelStage:
         self.fingerprinter.learn_one(x)
         z = self.fingerprinter.transform_one(x)
         cluster = self.clusters.assign(snap.app, z)
-        self.coldstart.learn(snap.labels, snap.capacity, cluster, snap.recent_peak)
+        self.coldstart.learn(snap.labels, snap.capacity, cluster, snap.peak,
+                             app=snap.app, instance=snap.instance, ts=snap.ts)
         inst = self.instances.get((snap.app, snap.instance))
         if inst is None:
             inst = self._instance(snap.app, snap.instance, snap.ts)
@@ -281,7 +312,13 @@ class ModelStage:
             inst.period_end = math.ceil(snap.ts / period) * period
         for r in RESOURCES:
             inst.peak[r] = max(inst.peak.get(r, 0.0), snap.peak.get(r, 0.0))
+        for r, selector in self._selectors(inst).items():
+            selector.observe(snap.peak.get(r, 0.0))
         inst.last = snap
+        if inst.reserve is not None:  # the experiment scores the window against it
+            for r in SCORED_RESOURCES:
+                inst.scored.setdefault(r, []).append(
+                    (inst.reserve.get(r, 0.0), snap.peak.get(r, 0.0)))
         if snap.ts >= inst.period_end:
             out.extend(self._close_period(inst, z, cluster))
             inst.period_end += period
@@ -291,6 +328,7 @@ class ModelStage:
         """Score the period that ended, learn from it, and decide the next one."""
         assert inst.last is not None and inst.period_end is not None
         out: list[Output] = []
+        self._record_period(inst, cluster)
         if inst.predicted is not None and inst.inputs is not None:
             for r in RESOURCES:
                 observed, expected = inst.peak.get(r, 0.0), inst.predicted[r]
@@ -309,16 +347,53 @@ class ModelStage:
                                         max(h.get(r, 0.0) for h in inst.history))
                   for r in RESOURCES}
         predicted = {r: max(0.0, self.predictor.predict_one(r, inputs[r])) for r in RESOURCES}
+        # CPU and memory are reserved by the rule each instance's history favours; the
+        # models' predictions stay the reference the anomaly detector and errors use.
+        need = dict(predicted)
+        for r, selector in self._selectors(inst).items():
+            need[r] = selector.close(inst.peak.get(r, 0.0))
         inst.inputs, inst.predicted = inputs, predicted
         inst.peak = {}
-        decision = self.policy.decide(predicted, self.catalog)
-        if self._should_resize(inst, decision):
+        arm = self.experiment.assign(inst.app, inst.instance, cluster)
+        decision = arm.decide(need, self.catalog)
+        # A change of arm is a resize, so that the next period runs under the arm it is
+        # assigned and scored for.
+        if self._should_resize(inst, decision) or inst.arm != arm.name:
             inst.seq += 1
             inst.reserve = dict(decision.reserve)
             inst.instance_type = decision.instance_type.name
+            inst.arm = arm.name
             out.append(self._allocation(inst, inst.seq, inst.period_end, "resize", decision,
-                                        predicted, cluster, self._confidence(inst.app)))
+                                        need, cluster, self._confidence(inst.app)))
         return out
+
+    def _record_period(self, inst: InstanceState, cluster: int) -> None:
+        """Report the period that ended to the experiment, for the arm whose allocation was
+        in force (``inst.arm``): per window, its peak against the reserve, for CPU and
+        memory. ``waste`` is the mean of the resources' ``score_period`` waste (a resource
+        unused all period, such as memory a trace lacks, is left out unless all are), and a
+        window counts as one violation when any resource exceeded its reserve. A period with
+        no window under an allocation (before the first resize) is not reported."""
+        scored, inst.scored = inst.scored, {}
+        windows = len(next(iter(scored.values()), ()))
+        if inst.arm is None or not windows:
+            return
+        used = [r for r in SCORED_RESOURCES if any(u > 0 for _, u in scored.get(r, ()))]
+        wastes = []
+        for r in used or [r for r in SCORED_RESOURCES if r in scored]:
+            allocated, peaks = zip(*scored[r], strict=True)
+            wastes.append(score_period(allocated, peaks)[0])
+        violations = sum(1 for i in range(windows)
+                         if any(scored[r][i][1] > scored[r][i][0] for r in scored))
+        self.experiment.record(inst.app, inst.instance, cluster, inst.arm,
+                               waste=sum(wastes) / len(wastes), violations=violations,
+                               steps=windows)
+
+    def _selectors(self, inst: InstanceState) -> dict[str, RuleSelector]:
+        if not inst.selectors:
+            inst.selectors = {r: RuleSelector(cost, offsets=OFFSETS.get(r, (0.0,)))
+                              for r, cost in self.config.violation_cost}
+        return inst.selectors
 
     def _should_resize(self, inst: InstanceState, decision: Any) -> bool:
         """Resize when the current reservation no longer covers the predicted need, or when
@@ -337,7 +412,7 @@ class ModelStage:
             instance=inst.instance, kind=kind,  # type: ignore[arg-type]
             instance_type=decision.instance_type.name, reserve=_rounded(decision.reserve),
             predicted=_rounded(need), cluster=int(cluster),
-            confidence=round(confidence, 4), policy=self.policy.name,
+            confidence=round(confidence, 4), policy=decision.policy,  # the arm's name
             model_version=self.fingerprinter.version,
         )
 
@@ -367,7 +442,7 @@ class ModelStage:
         if not self.clusters.members():
             return []
         self.clusters.recluster()
-        return [self.cluster_snapshot(ts)]
+        return [self.cluster_snapshot(ts), self.experiment.snapshot(ts)]
 
     def cluster_snapshot(self, ts: float) -> ClusterSnapshot:
         needs: dict[int, dict[str, list[float]]] = {}
@@ -398,6 +473,7 @@ class ModelStage:
     def _drop_instance(self, key: tuple[str, str]) -> None:
         app, instance = key
         del self.instances[key]
+        self.experiment.forget(app, instance)
         for r in RESOURCES:
             self.detector.forget((f"{app}/{instance}", r))
         members = self.apps.get(app)

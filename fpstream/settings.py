@@ -92,6 +92,10 @@ class Settings:
     n_clusters: int = 6
     fingerprint_dims: int = 4
     anomaly_threshold: float = 4.0
+    # Price of one violated window, in cores and bytes: higher is safer and more wasteful
+    # (fpstream/selector.py; `fpstream backtest --target-viol` prices a violation budget).
+    violation_cost_cpu: float = 3.0
+    violation_cost_mem: float = float(2**40)
     max_apps: int = 100_000
     app_ttl_s: float = 86_400.0
     # Experiment: A/B testing of allocation policies (see fpstream/experiment.py)
@@ -174,6 +178,10 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"setting target_quantile must be in (0, 1), got {s.target_quantile}")
     if not 0.0 <= s.headroom <= 5.0:
         raise SettingsError(f"setting headroom must be in [0, 5], got {s.headroom}")
+    for name in ("violation_cost_cpu", "violation_cost_mem"):
+        value = getattr(s, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise SettingsError(f"setting {name} must be a finite number >= 0, got {value}")
     if not 0.0 <= s.change_threshold < 1.0:
         raise SettingsError(f"setting change_threshold must be in [0, 1), got {s.change_threshold}")
     if not 0 <= s.metrics_port <= 65535:

@@ -30,6 +30,36 @@ def backtest(
         "--json", help="Also write the result document to this file.")] = None,
     report: Annotated[Path | None, typer.Option(
         "--report", help="Also write a self-contained HTML report to this file.")] = None,
+    target_viol: Annotated[str | None, typer.Option(
+        "--target-viol",
+        help="Price violations so that fpstream's violation rate is at most this (0.02, or "
+             "per resource: cpu=0.023,mem=0.0008, or vpa: VPA's own rates), fitted on the "
+             "--tune-on series.")] = None,
+    tune_on: Annotated[str | None, typer.Option(
+        "--tune-on", help="Series positions to fit --target-viol on, e.g. 1-125 (default all).")
+    ] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, max=64,
+        help="Flow processes, each over a share of the series (fleet-wide models then see "
+             "only their share; CPU and memory reservations do not depend on it).")] = 1,
+    score_on: Annotated[str | None, typer.Option(
+        "--score-on", help="Series positions to run and score, e.g. 126-250 (default all).")
+    ] = None,
+    experiment: Annotated[str | None, typer.Option(
+        "--experiment",
+        help="Run an A/B experiment over the default arms: split or bandit; the result's "
+             "experiment section scores each arm's allocations apart.")] = None,
+    train: Annotated[list[Path] | None, typer.Option(
+        "--train", help="Cold start (planetlab): archives replayed before the scored ones.")
+    ] = None,
+    eval_paths: Annotated[list[Path] | None, typer.Option(
+        "--eval", help="Cold start (planetlab): archives whose VM-days are scored.")] = None,
+    train_days: Annotated[str | None, typer.Option(
+        "--train-days", help="Cold start (planetlab): day positions to replay, e.g. 1-3.")
+    ] = None,
+    eval_days: Annotated[str | None, typer.Option(
+        "--eval-days", help="Cold start (planetlab): day positions to score, e.g. 4-5. Any "
+                            "cold-start option runs the cold-start section only.")] = None,
 ) -> None:
     """Replay a real trace through the flow, hourly decisions, scored against VPA, Crane,
     the manual allocation and the oracle (DESIGN.md, Evaluation protocol)."""
@@ -43,6 +73,10 @@ def backtest(
         typer.echo(f"fpstream backtest: unsupported --format {format!r}, expected one of "
                    f"{', '.join(FORMATS)}", err=True)
         raise typer.Exit(2)
+    if experiment is not None and experiment not in ("split", "bandit"):
+        typer.echo(f"fpstream backtest: unsupported --experiment {experiment!r}, expected "
+                   "split or bandit", err=True)
+        raise typer.Exit(2)
     if not paths:
         if format not in DEFAULT_PATHS:
             typer.echo(f"fpstream backtest: --format {format} needs at least one path", err=True)
@@ -52,17 +86,35 @@ def backtest(
         if not path.exists():
             typer.echo(f"fpstream backtest: no trace at {path}", err=True)
             raise typer.Exit(2)
-    with console.status("reading the trace and running the flow...") as status:
-        def progress(phase: str, done: int, total: int) -> None:
-            what = "running the flow over" if phase == "flow" else "scoring"
-            status.update(f"{what} {total} series ({done}/{total})")
+    if train or eval_paths or train_days or eval_days:
+        from fpstream.backtest.coldstart import coldstart_command
 
+        coldstart_command(format, paths, train or [], eval_paths or [], train_days, eval_days,
+                          json_out, console)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    labels = {"tune": "fitting violation prices", "flow": "flow: samples",
+              "score": "scoring series"}
+    bar = Progress("[progress.description]{task.description}", BarColumn(),
+                   MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
+    tasks: dict[str, Any] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(labels.get(phase, phase), total=total)
+        bar.update(tasks[phase], completed=done, total=total)
+
+    with bar:
         try:
             result = run_backtest(paths, limit_series, fmt=format, progress=progress,
-                                  report=report)
+                                  report=report, target_viol=target_viol, tune_on=tune_on,
+                                  score_on=score_on, workers=workers, experiment=experiment)
         except (FileNotFoundError, ValueError) as ex:
             typer.echo(f"fpstream backtest: {ex}", err=True)
             raise typer.Exit(2) from ex
+        for task in tasks.values():  # the last step of each phase is not always reported
+            bar.update(task, completed=bar.tasks[task].total)
     console.print(summary_table(result))
     if report is not None:
         console.print(f"report written to {report}")

@@ -36,6 +36,7 @@ import orjson
 from fpstream.backtest.baselines import VPA, Crane, manual, oracle
 from fpstream.backtest.score import Score, in_force
 from fpstream.backtest.traces import FORMATS, PathLike, Series, read_trace
+from fpstream.backtest.tune import fit_cost, parse_range
 from fpstream.settings import Settings
 
 __all__ = ["METHODS", "FlowOutput", "ReportData", "backtest_settings", "flow_allocations",
@@ -46,6 +47,7 @@ DAY = 86_400.0
 STEP_S = 300.0
 MAX_BATCH = 500
 METHODS: tuple[str, ...] = ("fpstream", "vpa", "crane", "manual", "oracle")
+EXPERIMENTS: tuple[str, ...] = ("split", "bandit")  # ``run_backtest(experiment=...)``
 RESOURCES: dict[str, str] = {"cpu": "cpu_cores", "mem": "mem_bytes"}
 _OPTIONAL_METRICS: dict[str, str] = {"mem": "mem_bytes", "disk_read": "disk_read_bps",
                                      "disk_write": "disk_write_bps", "net_rx": "net_rx_bps",
@@ -56,9 +58,15 @@ Key = tuple[str, str]  # (app, instance)
 
 
 def backtest_settings(base: Settings | None = None, step_s: float = STEP_S) -> Settings:
-    """The protocol's settings: hourly decisions over the trace's native ``step_s`` windows."""
+    """The protocol's settings: hourly decisions over the trace's native ``step_s`` windows,
+    reserving exactly what the CPU and memory rules choose (their margins are the headroom),
+    re-decided every hour (no change threshold), as the protocol has it. Instances are kept
+    a week without samples (traces have outages of more than a day: a VM that comes back
+    keeps its history)."""
     base = base if base is not None else Settings()
-    return replace(base, decision_period_s=HOUR, window_s=step_s, allowed_lateness_s=0.0)
+    return replace(base, decision_period_s=HOUR, window_s=step_s, allowed_lateness_s=0.0,
+                   headroom=0.0, change_threshold=0.0, experiment_mode="off",
+                   app_ttl_s=max(base.app_ttl_s, 7 * DAY))
 
 
 def sample_dict(s: Series, i: int) -> dict[str, Any]:
@@ -85,13 +93,15 @@ class TraceMessages:
     message (a slot of thousands of VMs would exceed the decoder's message size limit)."""
 
     def __init__(self, series: Sequence[Series], topic: str, slot_s: float = STEP_S,
-                 max_batch: int = MAX_BATCH) -> None:
+                 max_batch: int = MAX_BATCH,
+                 on_progress: Callable[[int, int], None] | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
         self.series = series
         self.topic = topic
         self.slot_s = slot_s
         self.max_batch = max_batch
+        self.on_progress = on_progress  # (samples sent, samples in all)
 
     def __iter__(self) -> Iterator[Any]:
         from bytewax.connectors.kafka import KafkaSourceMessage
@@ -113,6 +123,8 @@ class TraceMessages:
                                      timestamp=(1, int(newest * 1000)))
             offset += 1
             start = end
+            if self.on_progress is not None and (offset % 200 == 0 or start == len(rows)):
+                self.on_progress(start, len(rows))
 
 
 @dataclass
@@ -121,13 +133,16 @@ class FlowOutput:
     and reserves, the counts of everything else (dead letters by reason, anomalies), and the
     latest cluster snapshot (centroids and the app -> cluster map). A snapshot holds only the
     apps still active, so ``app_clusters`` keeps each app's cluster in the latest snapshot
-    that held it."""
+    that held it. Each allocation's ``arm`` (its ``policy``) is kept as an index into
+    ``arms``; ``experiments`` holds the newest experiment summary of each flow process."""
 
     allocations: dict[Key, dict[str, np.ndarray]]
     other: Counter[str]
     clusters: Any | None = None
     snapshots: int = 0
     app_clusters: dict[str, int] = field(default_factory=dict)
+    arms: list[str] = field(default_factory=list)
+    experiments: list[dict[str, Any]] = field(default_factory=list)
 
 
 def consuming_sink(fn: Callable[[list[Any]], None]) -> Any:
@@ -146,16 +161,25 @@ def consuming_sink(fn: Callable[[list[Any]], None]) -> Any:
     return Sink()
 
 
-def flow_allocations(series: Sequence[Series], settings: Settings) -> FlowOutput:
-    """Run the real flow over the series and collect what it decided (``FlowOutput``)."""
+def flow_allocations(series: Sequence[Series], settings: Settings,
+                     on_progress: Callable[[int, int], None] | None = None) -> FlowOutput:
+    """Run the real flow over the series and collect what it decided (``FlowOutput``);
+    ``on_progress(samples sent, samples in all)`` as it goes."""
     from bytewax.testing import TestingSource, run_main
 
     from flows.fleet import build_flow
+    from fpstream.experiment import ExperimentSnapshot
     from fpstream.io.metrics import FlowMetrics
     from fpstream.io.steps import is_cluster_def
 
-    rows: dict[Key, list[tuple[float, float, float]]] = {}
-    out = FlowOutput({}, Counter())
+    rows: dict[Key, list[tuple[float, float, float, float]]] = {}
+    out = FlowOutput({}, Counter(), arms=[p.name for p in settings.policies()])
+    newest: list[ExperimentSnapshot] = []
+
+    def arm_index(name: str) -> float:
+        if name not in out.arms:
+            out.arms.append(name)  # mode off: the settings' own policy
+        return float(out.arms.index(name))
 
     def on_kafka(items: list[Any]) -> None:
         for msg in items:
@@ -164,7 +188,7 @@ def flow_allocations(series: Sequence[Series], settings: Settings) -> FlowOutput
                 reserve = doc["reserve"]
                 rows.setdefault((doc["app"], doc["instance"]), []).append(
                     (doc["ts"], reserve.get("cpu_cores", math.nan),
-                     reserve.get("mem_bytes", math.nan)))
+                     reserve.get("mem_bytes", math.nan), arm_index(doc["policy"])))
             elif msg.topic == settings.topic_deadletter:
                 out.other[f"deadletter:{doc['reason']}"] += 1
             else:
@@ -176,17 +200,99 @@ def flow_allocations(series: Sequence[Series], settings: Settings) -> FlowOutput
                 out.clusters = item
                 out.snapshots += 1
                 out.app_clusters.update(item.apps)
+            elif isinstance(item, ExperimentSnapshot) and (not newest or
+                                                         item.ts >= newest[0].ts):
+                newest[:] = [item]
 
-    source = TestingSource(TraceMessages(series, settings.topic_metrics, settings.window_s),
-                           batch_size=20)
+    source = TestingSource(TraceMessages(series, settings.topic_metrics, settings.window_s,
+                                         on_progress=on_progress), batch_size=20)
     flow = build_flow(settings, source=source, kafka_sink=consuming_sink(on_kafka),
                       redis_sink=consuming_sink(on_redis), metrics=FlowMetrics())
     run_main(flow)
     for key, items in rows.items():
         items.sort()
         a = np.array(items, dtype=np.float64)
-        out.allocations[key] = {"ts": a[:, 0], "cpu": a[:, 1], "mem": a[:, 2]}
+        out.allocations[key] = {"ts": a[:, 0], "cpu": a[:, 1], "mem": a[:, 2], "arm": a[:, 3]}
+    out.experiments = [newest[0].summary] if newest else []
     return out
+
+
+def _shard_main(shard: int, series: Sequence[Series], settings: Settings, queue: Any) -> None:
+    """A worker process of ``sharded_flow_allocations``: run the flow, report through
+    ``queue``."""
+    try:
+        out = flow_allocations(series, settings,
+                               lambda done, total: queue.put(("progress", shard, done, total)))
+        queue.put(("result", shard, out, None))
+    except BaseException as ex:  # reported to the parent, which raises
+        queue.put(("error", shard, f"{type(ex).__name__}: {ex}", None))
+
+
+def sharded_flow_allocations(series: Sequence[Series], settings: Settings, workers: int,
+                             progress: Progress | None = None) -> FlowOutput:
+    """``flow_allocations`` over ``workers`` processes, the series dealt round-robin.
+
+    Each process runs the whole flow over its share, so the fleet-wide models (clusters, the
+    global need model) see only that share; CPU and memory reservations are chosen per
+    instance (``fpstream.selector``) and do not depend on the sharing. Cluster ids of shard
+    ``i`` are offset by ``1000 * i`` in the merged output.
+    """
+    def report(done: int, total: int) -> None:
+        if progress:
+            progress("flow", done, total)
+
+    if workers <= 1 or len(series) < 2:
+        return flow_allocations(series, settings, report)
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    shards = [list(series[i::workers]) for i in range(workers)]
+    procs = [ctx.Process(target=_shard_main, args=(i, shard, settings, q), daemon=True)
+             for i, shard in enumerate(shards) if shard]
+    for proc in procs:
+        proc.start()
+    results: dict[int, FlowOutput] = {}
+    sent = [0] * len(procs)
+    totals = [sum(len(s) for s in shard) for shard in shards if shard]
+    try:
+        while len(results) < len(procs):
+            try:
+                kind, shard, payload, extra = q.get(timeout=5.0)
+            except queue_mod.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"a backtest flow process died (exit {dead[0]})") from None
+                continue
+            if kind == "progress":
+                sent[shard] = payload
+                report(sum(sent), sum(totals))
+            elif kind == "result":
+                results[shard] = payload
+            else:
+                raise RuntimeError(f"backtest flow shard {shard} failed: {payload}")
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+    merged = FlowOutput({}, Counter())
+    cluster_defs: list[Any] = []
+    for shard in sorted(results):
+        got = results[shard]
+        merged.allocations.update(got.allocations)
+        merged.other.update(got.other)
+        merged.snapshots += got.snapshots
+        merged.experiments += got.experiments
+        if len(got.arms) > len(merged.arms):  # the same settings: one list, maybe extended
+            merged.arms = got.arms
+        merged.app_clusters.update({a: c + 1000 * shard for a, c in got.app_clusters.items()})
+        if got.clusters is not None:
+            cluster_defs += [replace(c, id=c.id + 1000 * shard) for c in got.clusters.clusters]
+            merged.clusters = replace(got.clusters, clusters=tuple(cluster_defs),
+                                      apps=dict(merged.app_clusters))
+    return merged
 
 
 def baseline_decisions(s: Series) -> dict[str, dict[str, np.ndarray]]:
@@ -225,9 +331,14 @@ def new_scores(resources: Sequence[str], methods: Mapping[str, Sequence[str]]) -
 
 
 def score_series(s: Series, fp: dict[str, np.ndarray] | None, scores: Scores,
-                 notes: Counter[str], keep: bool = False) -> dict[str, Any] | None:
+                 notes: Counter[str], keep: bool = False,
+                 arm_scores: dict[str, dict[int, Score]] | None = None,
+                 ) -> dict[str, Any] | None:
     """Add one series to ``scores[phase][resource][method]`` (phases ``rest`` and
     ``first_day``), for the resources and methods ``scores`` holds.
+
+    With ``arm_scores`` (``[resource][arm index]``), also score the day-2-on steps under an
+    allocation of the flow by the experiment arm of that allocation (``fp["arm"]``).
 
     With ``keep``, return what a report plots: ``ts``, and per resource the usage and every
     method's allocation per step (NaN where unscored).
@@ -265,6 +376,11 @@ def score_series(s: Series, fp: dict[str, np.ndarray] | None, scores: Scores,
         for phase, mask in (("first_day", ok & first_day), ("rest", ok & ~first_day)):
             for name in by_method:
                 scores[phase][res][name].add(alloc[name][mask], usage[mask])
+        if arm_scores is not None and fp is not None:
+            arm = in_force(fp["ts"], fp["arm"], ts)  # NaN: no allocation of the flow yet
+            for k in np.unique(arm[ok & ~first_day & ~np.isnan(arm)]).astype(int).tolist():
+                mask = ok & ~first_day & (arm == k)
+                arm_scores[res].setdefault(k, Score()).add(mine[mask], usage[mask])
         if keep:
             kept[res] = {"usage": usage, **{m: np.where(ok, a, np.nan) for m, a in alloc.items()}}
     return kept if keep else None
@@ -291,13 +407,132 @@ def _app_figures(s: Series) -> dict[str, Any]:
             "slice": s.labels.get("slice")}
 
 
+def experiment_result(mode: str, settings: Settings, flow: FlowOutput,
+                      arm_scores: dict[str, dict[int, Score]]) -> dict[str, Any]:
+    """The ``experiment`` section: per arm and resource, over the day-2-on steps under an
+    allocation of that arm (the allocation in force carries its arm as ``policy``), the
+    ``waste`` and ``viol`` of ``Score``, ``reward`` = -waste - violation_penalty * viol, and
+    ``share`` (of the steps under any arm's allocation); waste, viol and reward are ``None``
+    for an arm without steps.
+
+    ``chosen``: among the arms with steps on every resource and a violation rate no higher
+    than the conservative arm's (largest quantile + headroom, the experiment's baseline) on
+    every resource, the one with the highest reward averaged over the resources (ties: the
+    earlier arm); ``None`` when no arm qualifies. ``flow`` is the flow's own experiment
+    summary (per flow process): periods scored, guard-rail moves and assignment shares.
+    """
+    policies = settings.policies()
+    penalty = settings.violation_penalty
+    conservative = max(policies, key=lambda p: p.quantile + p.headroom).name
+    arms: dict[str, dict[str, Any]] = {}
+    for p in policies:
+        k = flow.arms.index(p.name) if p.name in flow.arms else -1
+        doc: dict[str, Any] = {}
+        for res, by_arm in arm_scores.items():
+            total = sum(sc.steps for sc in by_arm.values())
+            sc = by_arm.get(k)
+            if sc is None or not sc.steps:
+                doc[res] = {"waste": None, "viol": None, "reward": None, "share": 0.0}
+                continue
+            fig = sc.get()
+            doc[res] = {"waste": fig["waste"], "viol": fig["viol"],
+                        "reward": round(-fig["waste"] - penalty * fig["viol"], 4),
+                        "share": round(sc.steps / total, 4) if total else 0.0}
+        arms[p.name] = doc
+
+    def qualifies(name: str) -> bool:
+        mine, base = arms[name], arms[conservative]
+        return all(mine[r]["viol"] is not None and
+                   (base[r]["viol"] is None or mine[r]["viol"] <= base[r]["viol"])
+                   for r in arm_scores)
+
+    eligible = [p.name for p in policies if qualifies(p.name)]
+    chosen = max(eligible, default=None,
+                 key=lambda n: sum(arms[n][r]["reward"] for r in arm_scores) / len(arm_scores))
+    return {
+        "mode": mode, "arms": arms, "chosen": chosen, "conservative": conservative,
+        "violation_penalty": penalty,
+        "flow": [{"periods": f.get("periods"), "guard_moves": f.get("guard_moves"),
+                  "share": {n: a.get("share") for n, a in f.get("arms", {}).items()}}
+                 for f in flow.experiments],
+    }
+
+
+def parse_target(spec: float | str) -> dict[str, float]:
+    """``0.02`` or ``"cpu=0.023,mem=0.0008"`` -> a violation target per resource (``"vpa"``,
+    VPA's own rate on the tuning series, is resolved by ``run_backtest``).
+
+    >>> parse_target("cpu=0.023,mem=0.0008"), parse_target(0.02)
+    ({'cpu': 0.023, 'mem': 0.0008}, {'cpu': 0.02, 'mem': 0.02})
+    """
+    try:
+        if isinstance(spec, str) and "=" in spec:
+            out = {k.strip(): float(v) for k, v in (p.split("=", 1) for p in spec.split(","))}
+        else:
+            out = dict.fromkeys(RESOURCES, float(spec))
+    except ValueError as ex:
+        raise ValueError(f"bad target violation {spec!r}: a rate or cpu=R,mem=R") from ex
+    for k, v in out.items():
+        if k not in RESOURCES or not 0.0 <= v < 1.0:
+            raise ValueError(f"bad target violation {spec!r}: resources {list(RESOURCES)}, "
+                             "rates in [0, 1)")
+    return out
+
+
+def vpa_violation(series: Sequence[Series]) -> dict[str, float]:
+    """VPA's violation rate per resource, day 2 on, over ``series`` (unrounded)."""
+    resources = [r for r in RESOURCES if any(s.usage(r) is not None for s in series)]
+    scores = new_scores(resources, {r: ["vpa"] for r in resources})
+    for s in series:
+        score_series(s, None, scores, Counter())
+    return {r: scores["rest"][r]["vpa"].violations / max(scores["rest"][r]["vpa"].steps, 1)
+            for r in resources}
+
+
+def _tune(series: Sequence[Series], settings: Settings, target_viol: float | str,
+          tune_on: str | None, progress: Progress | None) -> tuple[Settings, dict[str, Any]]:
+    """Fit the violation prices on the ``tune_on`` series; the settings that use them."""
+    chosen = (list(series) if tune_on is None
+              else [series[i] for i in parse_range(tune_on, len(series))])
+    if not chosen:
+        raise ValueError(f"tune_on {tune_on!r} selects no series")
+    fitted: dict[str, Any] = {}
+    costs: dict[str, float] = {}
+    if target_viol == "vpa":
+        targets = vpa_violation(chosen)
+    else:
+        targets = parse_target(target_viol)
+    for n, res in enumerate(r for r in targets if any(s.usage(r) is not None for s in chosen)):
+        if progress:
+            progress("tune", n, len(targets))
+        cost, got = fit_cost(chosen, res, targets[res])
+        costs[res] = cost
+        fitted[res] = {"cost": cost, **got}
+    settings = replace(settings, violation_cost_cpu=costs.get("cpu", settings.violation_cost_cpu),
+                       violation_cost_mem=costs.get("mem", settings.violation_cost_mem))
+    return settings, {"target_viol": targets, "tuned_on": tune_on or "all",
+                      "tuned_series": len(chosen), "fit": fitted}
+
+
 def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None = None, *,
                  settings: Settings | None = None, fmt: str = "bitbrains",
                  progress: Progress | None = None, report: PathLike | None = None,
-                 report_series: int = 4) -> dict[str, Any]:
+                 report_series: int = 4, target_viol: float | str | None = None,
+                 tune_on: str | None = None, score_on: str | None = None,
+                 workers: int = 1, experiment: str | None = None) -> dict[str, Any]:
     """Backtest ``limit_series`` series of the traces at ``path`` (one path or several, in
     format ``fmt``: one of ``FORMATS``); the ``--json`` document. With ``report``, also write
-    the HTML report there, plotting ``report_series`` series."""
+    the HTML report there, plotting ``report_series`` series.
+
+    With ``target_viol``, the violation prices are first fitted (``fpstream.backtest.tune``)
+    on the series at positions ``tune_on`` (``"1-125"``; default: all) to that violation
+    rate; only the series at ``score_on`` (default: all) then run through the flow and are
+    scored, so tuning on one part and reporting the untouched rest is two ranges.
+    ``workers`` > 1 runs the flow in that many processes (``sharded_flow_allocations``).
+
+    With ``experiment`` (``split`` or ``bandit``), the flow runs that A/B experiment over the
+    settings' arms (default: ``DEFAULT_ARMS``) and the result gets an ``experiment`` section
+    (``experiment_result``)."""
     if fmt not in FORMATS:
         raise ValueError(f"unsupported trace format {fmt!r}, expected one of {', '.join(FORMATS)}")
     if limit_series is not None and limit_series < 1:
@@ -314,10 +549,20 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
     if len(steps) > 1:
         notes["series_with_another_step"] = sum(s.step_s != steps[-1] for s in series)
     settings = backtest_settings(settings, steps[-1])
+    if experiment is not None:
+        if experiment not in EXPERIMENTS:
+            raise ValueError(f"unsupported experiment mode {experiment!r}, expected one of "
+                             f"{', '.join(EXPERIMENTS)}")
+        settings = replace(settings, experiment_mode=experiment)
+    tuning: dict[str, Any] | None = None
+    if target_viol is not None:
+        settings, tuning = _tune(series, settings, target_viol, tune_on, progress)
+    if score_on is not None:
+        series = [series[i] for i in parse_range(score_on, len(series))]
+        if not series:
+            raise ValueError(f"score_on {score_on!r} selects no series")
     t1 = time.perf_counter()
-    if progress:
-        progress("flow", 0, len(series))
-    flow = flow_allocations(series, settings)
+    flow = sharded_flow_allocations(series, settings, workers, progress)
     notes.update(flow.other)
     t2 = time.perf_counter()
     resources = [res for res in RESOURCES if any(s.usage(res) is not None for s in series)]
@@ -328,6 +573,8 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
             notes[f"manual_omitted_{res}_series_without_capacity"] = no_capacity
         methods[res] = [m for m in METHODS if m != "manual" or not no_capacity]
     scores = new_scores(resources, methods)
+    arm_scores: dict[str, dict[int, Score]] | None = (
+        {res: {} for res in resources} if experiment is not None else None)
     data = ReportData(fmt, [str(p) for p in paths], clusters=flow.clusters,
                       app_clusters=flow.app_clusters)
     for n, s in enumerate(series):
@@ -337,7 +584,7 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
         if fp is None:
             notes["series_without_allocation"] += 1
         keep = report is not None and fp is not None and len(data.plotted) < report_series
-        kept = score_series(s, fp, scores, notes, keep=keep)
+        kept = score_series(s, fp, scores, notes, keep=keep, arm_scores=arm_scores)
         if kept is not None:
             data.plotted[s.name] = kept
         if report is not None:
@@ -361,8 +608,14 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
                          "window_s": settings.window_s,
                          "allowed_lateness_s": settings.allowed_lateness_s},
             "trace": {"format": fmt, "paths": [str(p) for p in paths]},
+            "violation_cost": {"cpu_cores": settings.violation_cost_cpu,
+                               "mem_bytes": settings.violation_cost_mem},
         },
     }
+    if tuning is not None:
+        result["tuning"] = {**tuning, "scored_on": score_on or "all"}
+    if experiment is not None and arm_scores is not None:
+        result["experiment"] = experiment_result(experiment, settings, flow, arm_scores)
     if report is not None:
         from fpstream.backtest.report import write_report
 

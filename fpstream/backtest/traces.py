@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import NamedTuple, TextIO
 
 import numpy as np
+import orjson
 
 from fpstream.events import MetricSample, decode_message
 
@@ -426,11 +427,31 @@ def _filled(values: np.ndarray, skipped: Counter[str], what: str) -> np.ndarray 
     return out
 
 
+def _recorded_value(line: bytes) -> bytes | None:
+    """The message in a line: the line itself, or the value of an ``fpstream record`` line
+    (an object with ``offset`` and ``value`` or ``value_b64``)."""
+    if b'"offset"' not in line:
+        return line
+    from fpstream.ops.record import decode_line
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return line  # decode_message says what is wrong with it
+    if not (isinstance(doc, dict) and "offset" in doc
+            and ("value" in doc or "value_b64" in doc)):
+        return line
+    try:
+        return decode_line(line).value
+    except ValueError:
+        return line
+
+
 def read_jsonl(paths: PathLike | Sequence[PathLike], limit: int | None = None,
                skipped: Counter[str] | None = None) -> Iterator[Series]:
     """Yield up to ``limit`` series, one per (app, instance) in order of first appearance, from
     recorded metric messages: one JSON object or array of objects per line (the wire
-    contract; ``.gz`` files too).
+    contract), or the message lines ``fpstream record`` writes (their values are decoded);
+    ``.gz`` and ``.zst`` files too.
 
     Every line goes through ``decode_message``, so what the flow would dead-letter is skipped
     here and counted as ``jsonl_<reason>``; samples without ``cpu_cores`` are skipped
@@ -452,12 +473,17 @@ def read_jsonl(paths: PathLike | Sequence[PathLike], limit: int | None = None,
     for path in _as_paths(paths):
         if not path.is_file():
             raise FileNotFoundError(f"no recorded stream at {path}: expected a .jsonl file")
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rb") as f:  # type: ignore[operator]
+        from fpstream.ops.record import open_records
+
+        with open_records(path, "rb") as f:
             for line in f:
                 if not line.strip():
                     continue
-                decoded = decode_message(line, kind="metric")
+                payload = _recorded_value(line)
+                if payload is None:
+                    skipped["jsonl_recorded_without_value"] += 1
+                    continue
+                decoded = decode_message(payload, kind="metric")
                 for err in decoded.errors:
                     skipped[f"jsonl_{err.reason}"] += 1
                 for event in decoded.events:

@@ -85,6 +85,25 @@ class FlowMetrics:
             "fpstream_experiment_guard_moves_total",
             "Instances moved to the conservative arm by the violation guard rail.", registry=r)
         self._experiment_seen: dict[str, int] = {}
+        # Cold start: quality of proactive allocations over their instance's first hour.
+        self.coldstart_instances = Counter(
+            "fpstream_coldstart_first_hour_instances_total",
+            "Proactive allocations scored over their instance's first hour.", registry=r)
+        self.coldstart_windows = Counter(
+            "fpstream_coldstart_first_hour_windows_total",
+            "Windows scored against a proactive reserve (first hour of an instance).",
+            registry=r)
+        self.coldstart_violations = Counter(
+            "fpstream_coldstart_first_hour_violations_total",
+            "First-hour windows whose peak exceeded the proactive reserve (u > A), by resource.",
+            ["resource"], registry=r)
+        self.coldstart_waste = Gauge(
+            "fpstream_coldstart_first_hour_waste_ratio",
+            "First-hour waste of proactive reserves, sum(max(A-u,0))/sum(A), by resource.",
+            ["resource"], registry=r)
+        for resource in ("cpu_cores", "mem_bytes"):
+            self.coldstart_violations.labels(resource)
+            self.coldstart_waste.labels(resource).set(float("nan"))
         # Make every fixed label value visible from the start, so dashboards and alert rules
         # see zeros instead of missing series.
         for reason in REASONS:
@@ -116,6 +135,19 @@ class FlowMetrics:
                           int(doc.get("violations", 0)))
         self._advance(self.experiment_guard_moves, "guard_moves",
                       int(summary.get("guard_moves", 0)))
+
+    def observe_coldstart(self, summary: Mapping[str, Any]) -> None:
+        """Export a ``ColdStart.summary()``: cumulative totals advance the counters, the
+        waste ratios set the gauges."""
+        self._advance(self.coldstart_instances, "coldstart/instances",
+                      int(summary.get("instances", 0)))
+        self._advance(self.coldstart_windows, "coldstart/windows", int(summary.get("windows", 0)))
+        for resource, total in summary.get("violations", {}).items():
+            self._advance(self.coldstart_violations.labels(resource),
+                          f"coldstart/violations/{resource}", int(total))
+        for resource, waste in summary.get("waste", {}).items():
+            if waste is not None:
+                self.coldstart_waste.labels(resource).set(float(waste))
 
     def _advance(self, counter: Counter, key: str, total: int) -> None:
         last = self._experiment_seen.get(key, 0)

@@ -16,6 +16,7 @@ from bytewax.operators import StatefulLogic
 
 from fpstream.catalog import Catalog
 from fpstream.events import DeadLetter, DeployRequest, Kind
+from fpstream.experiment import Experiment, ExperimentSnapshot
 from fpstream.features import WindowFeatures
 from fpstream.ingest import (
     AppSeen,
@@ -74,6 +75,8 @@ class Steps:
             self.metrics.allocations.labels(item.kind).inc()
         elif isinstance(item, Anomaly):
             self.metrics.anomalies.labels(item.severity).inc()
+        elif isinstance(item, ExperimentSnapshot):
+            self.metrics.observe_experiment(item.summary)
         return item
 
 
@@ -158,8 +161,9 @@ class ModelLogic(_Pickled):
             catalog = Catalog.load(settings.catalog_path)
             policy = Policy(quantile=settings.target_quantile, headroom=settings.headroom)
             self.state = ModelStage(ModelConfig.from_settings(settings), catalog, policy,
-                                    sources)
+                                    sources, experiment_of(settings, policy))
         self._reported = (0, 0, 0)
+        self._calls = 0
         self.idle_check = timedelta(seconds=max(1.0, settings.idle_s / 2))
 
     def on_item(self, value: ProfileSnapshot | DeployRequest | Progress | AppSeen
@@ -173,7 +177,9 @@ class ModelLogic(_Pickled):
             out = self.state.on_app_seen(value.app, value.ts, now)
         else:
             out = self.state.on_profile(value, now)
-        self._observe()
+        self._calls += 1
+        if out or self._calls % 64 == 0:  # gauges move only when the stage does something
+            self._observe()
         return out, StatefulLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[Any], bool]:
@@ -205,6 +211,21 @@ class ModelLogic(_Pickled):
             if new > old:
                 m.expired.labels(what).inc(new - old)
         self._reported = now
+        coldstart = getattr(stage, "coldstart", None)
+        if coldstart is not None and hasattr(coldstart, "summary"):
+            m.observe_coldstart(coldstart.summary())
+
+
+def experiment_of(settings: Settings, policy: Policy) -> Experiment:
+    """The configured experiment over ``settings.arms``; with ``experiment_mode`` ``off``, the
+    settings' own policy (``target_quantile``, ``headroom``) is the only arm, as before there
+    were experiments."""
+    if settings.experiment_mode == "off":
+        return Experiment(settings.experiment_name, [policy], mode="off", seed=settings.seed,
+                          violation_penalty=settings.violation_penalty,
+                          guard_budget=settings.guard_budget,
+                          guard_periods=settings.guard_periods)
+    return Experiment.from_settings(settings)
 
 
 def is_cluster_def(item: Any) -> bool:
@@ -212,4 +233,10 @@ def is_cluster_def(item: Any) -> bool:
     return isinstance(item, ClusterSnapshot)
 
 
-__all__ = ["ModelLogic", "ProfileLogic", "Steps", "WindowLogic", "is_cluster_def"]
+def is_redis_only(item: Any) -> bool:
+    """Cluster snapshots and experiment summaries go to Redis only, not to a Kafka topic."""
+    return isinstance(item, ClusterSnapshot | ExperimentSnapshot)
+
+
+__all__ = ["ModelLogic", "ProfileLogic", "Steps", "WindowLogic", "experiment_of",
+           "is_cluster_def", "is_redis_only"]

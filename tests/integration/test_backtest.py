@@ -94,3 +94,28 @@ def test_planetlab_report_is_self_contained(planetlab: tuple[dict[str, Any], Pat
     assert "http" not in page  # no remote script, style, font or image, not even a DTD
     assert page.count("<svg") >= 3  # the bars, at least one series, the clusters
     assert "fpstream" in page and "oracle" in page and "mem waste" not in page
+
+
+@pytest.mark.parametrize("mode", ["split", "bandit"])
+def test_experiment_section_scores_each_arm(mode: str) -> None:
+    if not TRACE.is_dir():
+        pytest.skip(f"the Bitbrains trace is not here ({TRACE}): a fresh clone has no "
+                    "../shared/data; CI provides it")
+    from fpstream.settings import DEFAULT_ARMS
+
+    result = run_backtest(TRACE, 3, experiment=mode)
+    doc = result["experiment"]
+    assert doc["mode"] == mode
+    assert set(doc["arms"]) == {a.name for a in DEFAULT_ARMS}
+    assert doc["chosen"] in doc["arms"]
+    for res in ("cpu", "mem"):
+        shares = [arm[res]["share"] for arm in doc["arms"].values()]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-3)
+        for arm in doc["arms"].values():
+            figures = arm[res]
+            assert set(figures) == {"waste", "viol", "reward", "share"}
+            if figures["share"] > 0:
+                assert 0.0 <= figures["waste"] <= 1.0 and 0.0 <= figures["viol"] <= 1.0
+                assert figures["reward"] == pytest.approx(
+                    -figures["waste"] - doc["violation_penalty"] * figures["viol"], abs=1e-3)
+    assert doc["flow"] and doc["flow"][0]["periods"] > 0

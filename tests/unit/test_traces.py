@@ -196,6 +196,25 @@ def test_jsonl_series_per_app_and_instance(tmp_path: Path) -> None:
     assert skipped["jsonl_no_cpu"] == 1 and skipped["duplicate_ts"] == 1
 
 
+def test_jsonl_reads_what_fpstream_record_wrote(tmp_path: Path) -> None:
+    from fpstream.ops.record import Recorded, encode_line, open_records
+
+    t = 1.7e9
+    values = [orjson.dumps(sample(t + 300 * i, "web", "i-1", 0.1 * i)) for i in range(1, 4)]
+    path = tmp_path / "metrics.jsonl.zst"
+    with open_records(path, "wb") as f:
+        for n, v in enumerate([*values, b"\xff\xfe not json"]):
+            f.write(encode_line(Recorded(b"web", v, partition=0, offset=n,
+                                         timestamp_ms=int(t * 1000))) + b"\n")
+        f.write(encode_line(Recorded(b"web", None, partition=0, offset=9)) + b"\n")
+    skipped: Counter[str] = Counter()
+    (web,) = read_jsonl(path, skipped=skipped)
+    assert web.key == ("web", "i-1")
+    assert web.cpu.tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert skipped["jsonl_recorded_without_value"] == 1  # a tombstone
+    assert sum(v for k, v in skipped.items() if k.startswith("jsonl_")) == 2  # + the garbage
+
+
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported trace format"):
         list(read_trace("csv", ["x"]))

@@ -1,0 +1,352 @@
+"""Cold-start backtest on PlanetLab: allocate every VM-day before its first sample.
+
+Each PlanetLab VM-day is a new deployment of the app ``<host>_<slice>`` (instance = the day,
+labels ``{"slice", "host"}``, requested 1 core: the trace's CPU is a share of one core). The
+real flow (``flows.fleet.build_flow`` over a ``TestingSource``, as ``run.py`` runs it) reads,
+day by day in time order, a deploy request (``DeployRequest`` on the deploys topic) for every
+VM-day of the day, then the day's samples. So each proactive allocation is decided from the
+earlier days only. Days are picked by archive (``--train A --eval B``) or by position over the
+archives' sorted days (``--train-days 1-3 --eval-days 4-5``); training days are replayed but
+not scored, and evaluation days keep learning (day 5 is predicted from days 1-4).
+
+Scored per evaluation VM-day (Resource Central's protocol, with the p95 in place of the mean):
+
+- the bucket of its p95 CPU (0-25, 25-50, 50-75, 75-100 % of a core) against the bucket of
+  the proactive allocation's ``predicted`` CPU: ``bucket_accuracy`` over all, and
+  ``bucket_accuracy_new`` over the host+slice pairs never seen on an earlier day;
+- its first hour (12 samples): ``waste = sum(max(A - u, 0)) / sum(A)`` and ``viol`` (share of
+  samples with ``u > A``) of the proactive CPU reserve ``A`` (the predicted need plus the
+  policy's headroom, 15 % by default: the hourly protocol's zero headroom is for its CPU
+  rules, which carry their own margins).
+
+Baselines see the same earlier days: ``global`` (the fleet's most frequent bucket so far),
+``slice`` (the slice's most frequent so far, else ``global``), ``instance`` (the same
+host+slice's latest earlier day, else ``slice``). Ties go to the lower bucket. Their
+allocation is the bucket's upper edge (25, 50, 75 or 100 % of a core): the smallest reserve
+that still covers every value of the predicted bucket.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from fpstream.backtest.run import (
+    HOUR,
+    MAX_BATCH,
+    backtest_settings,
+    consuming_sink,
+    sample_dict,
+)
+from fpstream.backtest.traces import (
+    PLANETLAB_STEP_S,
+    PLANETLAB_STEPS,
+    PathLike,
+    Series,
+    VmDay,
+    _day_start,
+    planetlab_vm_days,
+)
+from fpstream.backtest.tune import parse_range
+from fpstream.settings import Settings
+
+__all__ = ["BASELINES", "EDGES", "bucket", "coldstart_messages", "run_coldstart",
+           "select_days"]
+
+EDGES: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+BASELINES: tuple[str, ...] = ("global", "slice", "instance")
+FIRST_HOUR_STEPS = int(HOUR // PLANETLAB_STEP_S)
+DEPLOY_BATCH = 200
+EPOCH = timedelta(seconds=5)
+Progress = Callable[[str, int, int], None]
+
+
+def bucket(cpu: float) -> int:
+    """Resource Central's CPU bucket (0-3) of a share of one core.
+
+    >>> [bucket(x) for x in (0.0, 0.25, 0.49, 0.9, 1.7)]
+    [0, 1, 1, 3, 3]
+    """
+    return min(3, max(0, int(math.floor(cpu / 0.25))))
+
+
+def app_of(v: VmDay) -> str:
+    return f"{v.host}_{v.slice}"
+
+
+def vm_series(v: VmDay) -> Series:
+    step = np.arange(1, PLANETLAB_STEPS + 1, dtype=np.float64) * PLANETLAB_STEP_S
+    return Series(name=f"{app_of(v)}@{v.day}", ts=_day_start(v.day) + step, cpu=v.cpu,
+                  cpu_cap=np.ones(len(v.cpu)), labels={"slice": v.slice, "host": v.host},
+                  app=app_of(v), instance=v.day, step_s=PLANETLAB_STEP_S)
+
+
+def select_days(days: Sequence[str], spec: str | None) -> list[str]:
+    """``"1-3"`` -> those days (1-based positions over the sorted days)."""
+    return [days[i] for i in parse_range(spec, len(days))] if spec else []
+
+
+def coldstart_messages(by_day: dict[str, list[VmDay]], settings: Settings,
+                       on_progress: Callable[[int, int], None] | None = None) -> Iterator[Any]:
+    """Per day in order: deploy requests for every VM-day of the day, then its samples."""
+    from bytewax.connectors.kafka import KafkaSourceMessage
+    from bytewax.testing import TestingSource
+
+    offset = 0
+    total = sum(len(vs) for vs in by_day.values())
+    done = 0
+    for day in sorted(by_day):
+        vms = by_day[day]
+        start = _day_start(day)
+        deploys = [{"v": 1, "ts": start, "app": app_of(v), "instance": v.day,
+                    "labels": {"slice": v.slice, "host": v.host},
+                    "requested": {"cpu_cores": 1.0}} for v in vms]
+        for i in range(0, len(deploys), DEPLOY_BATCH):
+            yield KafkaSourceMessage(key=None, value=orjson.dumps(deploys[i:i + DEPLOY_BATCH]),
+                                     topic=settings.topic_deploys, partition=0, offset=offset,
+                                     timestamp=(1, int(start * 1000)))
+            offset += 1
+        # The input pauses after the deploys for longer than an epoch: they close an epoch
+        # of their own and the flow's stateful steps take epochs in order, so the model stage
+        # answers them before it sees any window of the day (within one epoch, the deploy
+        # path and the windows' path may interleave). Epochs stay long otherwise: every
+        # epoch end snapshots the state, the whole fleet's model included.
+        yield TestingSource.PAUSE(EPOCH * 1.2)
+        series = [vm_series(v) for v in vms]
+        for step in range(PLANETLAB_STEPS):
+            batch = [sample_dict(s, step) for s in series]
+            for i in range(0, len(batch), MAX_BATCH):
+                yield KafkaSourceMessage(key=None, value=orjson.dumps(batch[i:i + MAX_BATCH]),
+                                         topic=settings.topic_metrics, partition=0,
+                                         offset=offset,
+                                         timestamp=(1, int(batch[0]["ts"] * 1000)))
+                offset += 1
+        done += len(vms)
+        if on_progress is not None:
+            on_progress(done, total)
+
+
+def flow_proactive(by_day: dict[str, list[VmDay]], settings: Settings,
+                   on_progress: Callable[[int, int], None] | None = None
+                   ) -> dict[tuple[str, str], dict[str, Any]]:
+    """Run the real flow; per (app, instance) its proactive allocation document."""
+    from bytewax.testing import TestingSource, run_main
+
+    from flows.fleet import build_flow
+    from fpstream.io.metrics import FlowMetrics
+
+    got: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def on_kafka(items: list[Any]) -> None:
+        for msg in items:
+            if msg.topic != settings.topic_allocations:
+                continue
+            doc = orjson.loads(msg.value)
+            if doc.get("kind") == "proactive":
+                got.setdefault((doc["app"], doc["instance"]), doc)
+
+    class _Iterable:  # TestingSource wants a re-iterable
+        def __iter__(self) -> Iterator[Any]:
+            return coldstart_messages(by_day, settings, on_progress)
+
+    flow = build_flow(settings, source=TestingSource(_Iterable(), batch_size=20),
+                      kafka_sink=consuming_sink(on_kafka),
+                      redis_sink=consuming_sink(lambda _: None),
+                      metrics=FlowMetrics())
+    run_main(flow, epoch_interval=EPOCH)
+    return got
+
+
+class _Scores:
+    def __init__(self) -> None:
+        self.n = self.ok = self.n_new = self.ok_new = 0
+        self.alloc = self.slack = 0.0
+        self.steps = self.viol = 0
+
+    def add(self, predicted: int | None, actual: int, new: bool, reserve: float | None,
+            first: np.ndarray) -> None:
+        hit = predicted == actual
+        self.n += 1
+        self.ok += hit
+        if new:
+            self.n_new += 1
+            self.ok_new += hit
+        if reserve is not None:
+            self.alloc += reserve * len(first)
+            self.slack += float(np.maximum(reserve - first, 0.0).sum())
+            self.steps += len(first)
+            self.viol += int((first > reserve).sum())
+
+    def get(self) -> dict[str, Any]:
+        return {"bucket_accuracy": round(self.ok / self.n, 4) if self.n else None,
+                "bucket_accuracy_new": round(self.ok_new / self.n_new, 4) if self.n_new else None,
+                "first_hour": {"cpu": {
+                    "waste": round(self.slack / self.alloc, 4) if self.alloc else None,
+                    "viol": round(self.viol / self.steps, 4) if self.steps else None}}}
+
+
+def _mode(c: Counter[int]) -> int | None:
+    return min(c, key=lambda b: (-c[b], b)) if c else None
+
+
+def run_coldstart(train: Sequence[PathLike] = (), evaluate: Sequence[PathLike] = (), *,
+                  paths: Sequence[PathLike] = (), train_days: str | None = None,
+                  eval_days: str | None = None, settings: Settings | None = None,
+                  progress: Progress | None = None, limit_vms: int | None = None
+                  ) -> dict[str, Any]:
+    """The ``cold_start`` section. Either ``train`` and ``evaluate`` archives, or ``paths``
+    with ``train_days``/``eval_days`` positions over their sorted days (default: all days but
+    the last two for training, the last two for evaluation). ``limit_vms`` keeps the VM-days
+    of the first N host+slice pairs (sorted), for a quick subset."""
+    t0 = time.perf_counter()
+    notes: Counter[str] = Counter()
+    if train or evaluate:
+        if not evaluate:
+            raise ValueError("cold start: --train needs --eval archives too")
+        train_vm = planetlab_vm_days([Path(p) for p in train], notes) if train else []
+        eval_vm = planetlab_vm_days([Path(p) for p in evaluate], notes)
+        eval_set = {v.day for v in eval_vm}
+        vm_days = [v for v in train_vm if v.day not in eval_set] + eval_vm
+    else:
+        if not paths:
+            raise ValueError("cold start: no PlanetLab archive given")
+        vm_days = planetlab_vm_days([Path(p) for p in paths], notes)
+        days = sorted({v.day for v in vm_days})
+        if eval_days is None and train_days is None:
+            eval_set = set(days[-2:])
+        else:
+            eval_set = set(select_days(days, eval_days))
+            if train_days is not None:
+                keep = set(select_days(days, train_days)) | eval_set
+                vm_days = [v for v in vm_days if v.day in keep]
+    if not eval_set:
+        raise ValueError("cold start: no evaluation day selected")
+    if limit_vms is not None:
+        pairs = sorted({(v.host, v.slice) for v in vm_days})[:limit_vms]
+        chosen = set(pairs)
+        vm_days = [v for v in vm_days if (v.host, v.slice) in chosen]
+    by_day: dict[str, list[VmDay]] = defaultdict(list)
+    seen_vm: set[tuple[str, str, str]] = set()
+    for v in sorted(vm_days, key=lambda v: (v.day, v.host, v.slice)):
+        if (v.day, v.host, v.slice) in seen_vm:
+            notes["planetlab_duplicate_day"] += 1
+            continue
+        seen_vm.add((v.day, v.host, v.slice))
+        by_day[v.day].append(v)
+    # The hourly protocol reserves with no headroom (its CPU rules carry their margins); a
+    # proactive allocation has no rule behind it, so it keeps the policy's headroom.
+    headroom = (settings if settings is not None else Settings()).headroom
+    settings = replace(backtest_settings(settings, PLANETLAB_STEP_S), headroom=headroom)
+    t1 = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        if progress:
+            progress("coldstart", done, total)
+
+    proactive = flow_proactive(by_day, settings, report)
+    t2 = time.perf_counter()
+
+    scores = {m: _Scores() for m in ("fpstream", *BASELINES)}
+    fleet: Counter[int] = Counter()
+    by_slice: defaultdict[str, Counter[int]] = defaultdict(Counter)
+    latest: dict[tuple[str, str], int] = {}
+    deployments = new_pairs = 0
+    for day in sorted(by_day):
+        vms = by_day[day]
+        actual = {id(v): bucket(float(np.percentile(v.cpu, 95))) for v in vms}
+        if day in eval_set:
+            for v in vms:
+                pair = (v.host, v.slice)
+                new = pair not in latest
+                deployments += 1
+                new_pairs += new
+                first = v.cpu[:FIRST_HOUR_STEPS]
+                doc = proactive.get((app_of(v), v.day))
+                if doc is None:
+                    notes["deployments_without_proactive_allocation"] += 1
+                    scores["fpstream"].add(None, actual[id(v)], new, None, first)
+                else:
+                    predicted = float(doc["predicted"].get("cpu_cores", 0.0))
+                    reserve = float(doc["reserve"].get("cpu_cores", 0.0))
+                    scores["fpstream"].add(bucket(predicted), actual[id(v)], new, reserve, first)
+                g = _mode(fleet)
+                s = _mode(by_slice[v.slice]) if by_slice[v.slice] else g
+                i = latest.get(pair, s)
+                for name, b in (("global", g), ("slice", s), ("instance", i)):
+                    scores[name].add(b, actual[id(v)], new,
+                                     None if b is None else EDGES[b], first)
+        for v in vms:
+            b = actual[id(v)]
+            fleet[b] += 1
+            by_slice[v.slice][b] += 1
+            latest[(v.host, v.slice)] = b
+    t3 = time.perf_counter()
+    all_days = sorted(by_day)
+    return {
+        "deployments": deployments,
+        "new_pairs": new_pairs,
+        **{m: sc.get() for m, sc in scores.items()},
+        "notes": {
+            "train_days": [d for d in all_days if d not in eval_set],
+            "eval_days": [d for d in all_days if d in eval_set],
+            "vm_days": sum(len(v) for v in by_day.values()),
+            "proactive_allocations": len(proactive),
+            "predicted_bucket_of": "p95 of the VM-day's CPU (share of one core)",
+            "baseline_allocation": "the predicted bucket's upper edge",
+            "fpstream_allocation": f"the proactive reserve (need x {1 + headroom:g})",
+            **{k: int(v) for k, v in sorted(notes.items()) if v},
+            "seconds": {"read": round(t1 - t0, 2), "flow": round(t2 - t1, 2),
+                        "score": round(t3 - t2, 2)},
+        },
+    }
+
+
+def coldstart_command(fmt: str, paths: Sequence[Path], train: Sequence[Path],
+                      evaluate: Sequence[Path], train_days: str | None, eval_days: str | None,
+                      json_out: Path | None, console: Any) -> None:
+    """``fpstream backtest --format planetlab --train-days 1-3 --eval-days 4-5`` (or
+    ``--train A --eval B``): run the cold-start section, print a table and the document."""
+    import typer
+    from rich.table import Table
+
+    if fmt != "planetlab":
+        typer.echo("fpstream backtest: the cold-start section needs --format planetlab", err=True)
+        raise typer.Exit(2)
+    for path in [*train, *evaluate]:
+        if not path.exists():
+            typer.echo(f"fpstream backtest: no trace at {path}", err=True)
+            raise typer.Exit(2)
+    with console.status("cold start: replaying the days through the flow...") as status:
+        def progress(phase: str, done: int, total: int) -> None:
+            status.update(f"cold start: {done}/{total} VM-days replayed")
+
+        try:
+            section = run_coldstart(train, evaluate, paths=[] if evaluate else paths,
+                                    train_days=train_days, eval_days=eval_days,
+                                    progress=progress)
+        except (FileNotFoundError, ValueError) as ex:
+            typer.echo(f"fpstream backtest: {ex}", err=True)
+            raise typer.Exit(2) from ex
+    table = Table(title=f"cold start: {section['deployments']} deployments, "
+                        f"{section['new_pairs']} never-seen host+slice pairs")
+    for col in ("method", "bucket acc", "acc (new)", "1st hour waste", "1st hour viol"):
+        table.add_column(col, justify="right" if col != "method" else "left")
+    for m in ("fpstream", *BASELINES):
+        doc = section[m]
+        cpu = doc["first_hour"]["cpu"]
+        table.add_row(m, *(f"{x:.4f}" if x is not None else "-" for x in (
+            doc["bucket_accuracy"], doc["bucket_accuracy_new"], cpu["waste"], cpu["viol"])))
+    console.print(table)
+    text = orjson.dumps({"cold_start": section}, option=orjson.OPT_INDENT_2)
+    if json_out is not None:
+        json_out.write_bytes(text + b"\n")
+    typer.echo(text.decode())
