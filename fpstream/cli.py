@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
@@ -239,16 +239,21 @@ def record(
                                      progress=bar)
         else:
             stats = record_topic(settings, topic, out, limit=limit, timeout=timeout)
-    except (RecordError, OSError) as ex:
-        typer.echo(f"fpstream record: {ex}", err=True)
-        raise typer.Exit(2) from ex
-    except KafkaException as ex:
-        typer.echo(f"fpstream record: Kafka error: {ex}", err=True)
-        raise typer.Exit(1) from ex
+    except (RecordError, OSError, KafkaException) as ex:
+        _exit_on(ex, "record", usage=(RecordError, OSError))
     summary = {"topic": topic, "out": str(out), "messages": stats.messages,
                "partitions": {str(p): n for p, n in sorted(stats.per_partition.items())},
                "seconds": round(stats.seconds, 3)}
     typer.echo(orjson.dumps(summary).decode(), err=True)
+
+
+def _exit_on(ex: Exception, command: str, usage: tuple[type[Exception], ...]) -> NoReturn:
+    """Say what went wrong and exit: 2 for a problem with the input, 1 for a Kafka error."""
+    if isinstance(ex, usage):
+        typer.echo(f"fpstream {command}: {ex}", err=True)
+        raise typer.Exit(2) from ex
+    typer.echo(f"fpstream {command}: Kafka error: {ex}", err=True)
+    raise typer.Exit(1) from ex
 
 
 @app.command()
@@ -289,12 +294,8 @@ def replay(
                 stats = replay_file(settings, file, to_topic, progress=bar, **options)
         else:
             stats = replay_file(settings, file, to_topic, **options)
-    except (RecordFileError, RecordError) as ex:
-        typer.echo(f"fpstream replay: {ex}", err=True)
-        raise typer.Exit(2) from ex
-    except KafkaException as ex:
-        typer.echo(f"fpstream replay: Kafka error: {ex}", err=True)
-        raise typer.Exit(1) from ex
+    except (RecordFileError, RecordError, KafkaException) as ex:
+        _exit_on(ex, "replay", usage=(RecordFileError, RecordError))
     except KeyboardInterrupt:
         typer.echo("fpstream replay: stopped", err=True)
         raise typer.Exit(130) from None
