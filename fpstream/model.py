@@ -99,8 +99,8 @@ class InstanceState:
     selectors: dict[str, RuleSelector] = field(default_factory=dict)
     #: The experiment arm whose allocation is in force (``reserve``), if any.
     arm: str | None = None
-    #: Per scored resource, the (reserve in force, window peak) of each window of the period.
-    scored: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    #: Per scored resource, the peak of each window of the period under ``reserve``.
+    scored: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,13 +312,12 @@ class ModelStage:
             inst.period_end = math.ceil(snap.ts / period) * period
         for r in RESOURCES:
             inst.peak[r] = max(inst.peak.get(r, 0.0), snap.peak.get(r, 0.0))
-        for r, selector in self._selectors(inst).items():
+        for r, selector in inst.selectors.items():
             selector.observe(snap.peak.get(r, 0.0))
         inst.last = snap
         if inst.reserve is not None:  # the experiment scores the window against it
             for r in SCORED_RESOURCES:
-                inst.scored.setdefault(r, []).append(
-                    (inst.reserve.get(r, 0.0), snap.peak.get(r, 0.0)))
+                inst.scored.setdefault(r, []).append(snap.peak.get(r, 0.0))
         if snap.ts >= inst.period_end:
             out.extend(self._close_period(inst, z, cluster))
             inst.period_end += period
@@ -350,7 +349,7 @@ class ModelStage:
         # CPU and memory are reserved by the rule each instance's history favours; the
         # models' predictions stay the reference the anomaly detector and errors use.
         need = dict(predicted)
-        for r, selector in self._selectors(inst).items():
+        for r, selector in inst.selectors.items():
             need[r] = selector.close(inst.peak.get(r, 0.0))
         inst.inputs, inst.predicted = inputs, predicted
         inst.peak = {}
@@ -369,31 +368,25 @@ class ModelStage:
 
     def _record_period(self, inst: InstanceState, cluster: int) -> None:
         """Report the period that ended to the experiment, for the arm whose allocation was
-        in force (``inst.arm``): per window, its peak against the reserve, for CPU and
-        memory. ``waste`` is the mean of the resources' ``score_period`` waste (a resource
-        unused all period, such as memory a trace lacks, is left out unless all are), and a
-        window counts as one violation when any resource exceeded its reserve. A period with
-        no window under an allocation (before the first resize) is not reported."""
+        in force (``inst.arm``): per window, its peak against that reserve (unchanged within a
+        period), for CPU and memory. ``waste`` is the mean of the resources' ``score_period``
+        waste (a resource unused all period, such as memory a trace lacks, is left out unless
+        all are), and a window counts as one violation when any resource exceeded its
+        reserve. A period with no window under an allocation (before the first resize) is not
+        reported."""
         scored, inst.scored = inst.scored, {}
         windows = len(next(iter(scored.values()), ()))
-        if inst.arm is None or not windows:
+        if inst.arm is None or inst.reserve is None or not windows:
             return
-        used = [r for r in SCORED_RESOURCES if any(u > 0 for _, u in scored.get(r, ()))]
-        wastes = []
-        for r in used or [r for r in SCORED_RESOURCES if r in scored]:
-            allocated, peaks = zip(*scored[r], strict=True)
-            wastes.append(score_period(allocated, peaks)[0])
+        reserve = {r: inst.reserve.get(r, 0.0) for r in scored}
+        used = [r for r in SCORED_RESOURCES if any(u > 0 for u in scored.get(r, ()))]
+        wastes = [score_period([reserve[r]] * windows, scored[r])[0]
+                  for r in used or [r for r in SCORED_RESOURCES if r in scored]]
         violations = sum(1 for i in range(windows)
-                         if any(scored[r][i][1] > scored[r][i][0] for r in scored))
+                         if any(scored[r][i] > reserve[r] for r in scored))
         self.experiment.record(inst.app, inst.instance, cluster, inst.arm,
                                waste=sum(wastes) / len(wastes), violations=violations,
                                steps=windows)
-
-    def _selectors(self, inst: InstanceState) -> dict[str, RuleSelector]:
-        if not inst.selectors:
-            inst.selectors = {r: RuleSelector(cost, offsets=OFFSETS.get(r, (0.0,)))
-                              for r, cost in self.config.violation_cost}
-        return inst.selectors
 
     def _should_resize(self, inst: InstanceState, decision: Any) -> bool:
         """Resize when the current reservation no longer covers the predicted need, or when
@@ -425,6 +418,8 @@ class ModelStage:
         if app not in self.apps and len(self.apps) >= self.config.max_apps:
             self._evict_oldest_app()
         inst = InstanceState(app, instance, last_ts=ts)
+        inst.selectors = {r: RuleSelector(cost, offsets=OFFSETS.get(r, (0.0,)))
+                          for r, cost in self.config.violation_cost}
         self.instances[(app, instance)] = inst
         self.apps.setdefault(app, set()).add(instance)
         return inst
