@@ -41,6 +41,8 @@ import numpy as np
 import orjson
 
 from fpstream.backtest.run import (
+    DAY,
+    DEPLOY_LEAD_S,
     HOUR,
     MAX_BATCH,
     backtest_settings,
@@ -59,8 +61,8 @@ from fpstream.backtest.traces import (
 from fpstream.backtest.tune import parse_range
 from fpstream.settings import Settings
 
-__all__ = ["BASELINES", "EDGES", "bucket", "coldstart_messages", "run_coldstart",
-           "select_days"]
+__all__ = ["BASELINES", "EDGES", "SERIES_BASELINES", "bucket", "coldstart_messages",
+           "coldstart_table", "run_coldstart", "select_days", "series_coldstart"]
 
 EDGES: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 BASELINES: tuple[str, ...] = ("global", "slice", "instance")
@@ -167,31 +169,44 @@ def flow_proactive(by_day: dict[str, list[VmDay]], settings: Settings,
 
 
 class _Scores:
+    """Bucket hits (over all and over new pairs) and first-hour slack and violations per
+    resource (``cpu``, ``mem``) of one method's cold-start allocations."""
+
     def __init__(self) -> None:
         self.n = self.ok = self.n_new = self.ok_new = 0
-        self.alloc = self.slack = 0.0
-        self.steps = self.viol = 0
+        self.alloc: defaultdict[str, float] = defaultdict(float)
+        self.slack: defaultdict[str, float] = defaultdict(float)
+        self.steps: Counter[str] = Counter()
+        self.viol: Counter[str] = Counter()
 
-    def add(self, predicted: int | None, actual: int, new: bool, reserve: float | None,
-            first: np.ndarray) -> None:
+    def add(self, predicted: int | None, actual: int, new: bool,
+            reserve: dict[str, float | None], first: dict[str, np.ndarray]) -> None:
         hit = predicted == actual
         self.n += 1
         self.ok += hit
         if new:
             self.n_new += 1
             self.ok_new += hit
-        if reserve is not None:
-            self.alloc += reserve * len(first)
-            self.slack += float(np.maximum(reserve - first, 0.0).sum())
-            self.steps += len(first)
-            self.viol += int((first > reserve).sum())
+        for res, a in reserve.items():
+            u = first.get(res)
+            if a is None or u is None or not len(u):
+                continue
+            self.alloc[res] += a * len(u)
+            self.slack[res] += float(np.maximum(a - u, 0.0).sum())
+            self.steps[res] += len(u)
+            self.viol[res] += int((u > a).sum())
+
+    def first_hour(self) -> dict[str, dict[str, float | None]]:
+        return {res: {"waste": round(self.slack[res] / self.alloc[res], 4)
+                      if self.alloc[res] else None,
+                      "viol": round(self.viol[res] / self.steps[res], 4)
+                      if self.steps[res] else None}
+                for res in sorted(self.steps)} or {"cpu": {"waste": None, "viol": None}}
 
     def get(self) -> dict[str, Any]:
         return {"bucket_accuracy": round(self.ok / self.n, 4) if self.n else None,
                 "bucket_accuracy_new": round(self.ok_new / self.n_new, 4) if self.n_new else None,
-                "first_hour": {"cpu": {
-                    "waste": round(self.slack / self.alloc, 4) if self.alloc else None,
-                    "viol": round(self.viol / self.steps, 4) if self.steps else None}}}
+                "first_hour": self.first_hour()}
 
 
 def _mode(c: Counter[int]) -> int | None:
@@ -273,17 +288,18 @@ def run_coldstart(train: Sequence[PathLike] = (), evaluate: Sequence[PathLike] =
                 doc = proactive.get((app_of(v), v.day))
                 if doc is None:
                     notes["deployments_without_proactive_allocation"] += 1
-                    scores["fpstream"].add(None, actual[id(v)], new, None, first)
+                    scores["fpstream"].add(None, actual[id(v)], new, {}, {"cpu": first})
                 else:
                     predicted = float(doc["predicted"].get("cpu_cores", 0.0))
                     reserve = float(doc["reserve"].get("cpu_cores", 0.0))
-                    scores["fpstream"].add(bucket(predicted), actual[id(v)], new, reserve, first)
+                    scores["fpstream"].add(bucket(predicted), actual[id(v)], new,
+                                           {"cpu": reserve}, {"cpu": first})
                 g = _mode(fleet)
                 s = _mode(by_slice[v.slice]) if by_slice[v.slice] else g
                 i = latest.get(pair, s)
                 for name, b in (("global", g), ("slice", s), ("instance", i)):
                     scores[name].add(b, actual[id(v)], new,
-                                     None if b is None else EDGES[b], first)
+                                     {"cpu": None if b is None else EDGES[b]}, {"cpu": first})
         for v in vms:
             b = actual[id(v)]
             fleet[b] += 1
@@ -310,13 +326,108 @@ def run_coldstart(train: Sequence[PathLike] = (), evaluate: Sequence[PathLike] =
     }
 
 
+SERIES_BASELINES: tuple[str, ...] = ("global", "size", "manual")
+
+
+def _size_of(s: Series) -> tuple[float, int]:
+    """A series' provisioned size: its cores and its memory's power of two (the flow's size
+    bucket, ``fpstream.coldstart.size_key``, rounds cores the same way)."""
+    mem = s.capacity("mem")
+    return (float(s.cpu_cap[0]) if s.cpu_cap is not None else 0.0,
+            round(math.log2(mem[0])) if mem is not None and mem[0] > 0 else 0)
+
+
+def series_coldstart(series: Sequence[Series], proactive: dict[tuple[str, str], dict[str, Any]]
+                     ) -> dict[str, Any]:
+    """The ``cold_start`` section of an hourly backtest whose series were announced by deploy
+    requests carrying their provisioned size (``run.deploy_request``): every series is a new
+    deployment, scored on
+
+    - the bucket of its first day's p95 CPU as a share of its provisioned cores, against the
+      bucket of the proactive allocation's ``predicted`` CPU over the requested cores;
+    - its first hour (``FIRST_HOUR_STEPS`` samples), ``waste`` and ``viol`` per resource of
+      the proactive reserve.
+
+    Baselines know what was known at the same deploy time (the first days that had ended):
+    ``global`` (the fleet's most frequent bucket), ``size`` (that of the VMs of the same
+    provisioned size, else ``global``), each reserving its bucket's upper edge of the cores and
+    the provisioned memory; ``manual`` (the provisioned size, bucket 75-100 %). Where a method
+    has no answer, the VM runs on its provisioned size. ``with_history`` repeats the figures
+    for the deployments made after the first day of the trace, when something was known.
+    """
+    rows = []
+    for s in series:
+        cap = s.capacity("cpu")
+        if cap is None or not len(s.ts) or cap[0] <= 0:
+            continue
+        day = s.ts < s.ts[0] + DAY
+        actual = bucket(float(np.percentile(s.cpu[day], 95)) / float(cap[0]))
+        first = {r: u[:FIRST_HOUR_STEPS] for r in ("cpu", "mem")
+                 if (u := s.usage(r)) is not None}
+        rows.append((float(s.ts[0]) - DEPLOY_LEAD_S, s, actual, first))
+    rows.sort(key=lambda r: (r[0], r[1].name))
+    if not rows:
+        return {"deployments": 0}
+    trace_start = min(float(r[1].ts[0]) for r in rows)
+    known = sorted((float(s.ts[0]) + DAY, _size_of(s), b) for _, s, b, _ in rows)
+    methods = ("fpstream", *SERIES_BASELINES)
+    scores = {m: _Scores() for m in methods}
+    later = {m: _Scores() for m in methods}
+    sources: Counter[str] = Counter()
+    fleet: Counter[int] = Counter()
+    by_size: defaultdict[tuple[float, int], Counter[int]] = defaultdict(Counter)
+    k = 0
+    for deployed, s, actual, first in rows:
+        while k < len(known) and known[k][0] <= deployed:
+            fleet[known[k][2]] += 1
+            by_size[known[k][1]][known[k][2]] += 1
+            k += 1
+        cores = float(s.cpu_cap[0])  # type: ignore[index]
+        mem = s.capacity("mem")
+        mem_cap = float(mem[0]) if mem is not None else None
+        manual = {"cpu": cores, "mem": mem_cap}
+        doc = proactive.get(s.key)
+        if doc is None:
+            sources["without_proactive_allocation"] += 1
+            mine, reserve = None, manual
+        else:
+            mine = bucket(float(doc["predicted"].get("cpu_cores", 0.0)) / cores)
+            reserve = {"cpu": float(doc["reserve"].get("cpu_cores", cores)),
+                       "mem": (float(doc["reserve"]["mem_bytes"])
+                               if "mem_bytes" in doc["reserve"] else mem_cap)}
+        g = _mode(fleet)
+        z = _mode(by_size[_size_of(s)]) if by_size[_size_of(s)] else g
+        answers: dict[str, tuple[int | None, dict[str, float | None]]] = {
+            "fpstream": (mine, reserve), "manual": (bucket(1.0), manual)}
+        for name, b in (("global", g), ("size", z)):
+            answers[name] = (b, {"cpu": cores * EDGES[b] if b is not None else cores,
+                                 "mem": mem_cap})
+        has_history = deployed >= trace_start + DAY
+        for name, (b, res) in answers.items():
+            scores[name].add(b, actual, True, res, first)
+            if has_history:
+                later[name].add(b, actual, True, res, first)
+    return {
+        "deployments": len(rows),
+        "new_pairs": len(rows),
+        "with_history": later["fpstream"].n,
+        **{m: {**scores[m].get(), "with_history": later[m].get()} for m in methods},
+        "notes": {
+            "predicted_bucket_of": "p95 of the first day's CPU, share of the provisioned cores",
+            "known_in_advance": "the provisioned size (deploy request an hour before the "
+                                "first sample)",
+            "with_history": "deployed after the trace's first day",
+            **{k: int(v) for k, v in sorted(sources.items())},
+        },
+    }
+
+
 def coldstart_command(fmt: str, paths: Sequence[Path], train: Sequence[Path],
                       evaluate: Sequence[Path], train_days: str | None, eval_days: str | None,
                       json_out: Path | None, console: Any) -> None:
     """``fpstream backtest --format planetlab --train-days 1-3 --eval-days 4-5`` (or
     ``--train A --eval B``): run the cold-start section, print a table and the document."""
     import typer
-    from rich.table import Table
 
     if fmt != "planetlab":
         typer.echo("fpstream backtest: the cold-start section needs --format planetlab", err=True)
@@ -336,17 +447,40 @@ def coldstart_command(fmt: str, paths: Sequence[Path], train: Sequence[Path],
         except (FileNotFoundError, ValueError) as ex:
             typer.echo(f"fpstream backtest: {ex}", err=True)
             raise typer.Exit(2) from ex
-    table = Table(title=f"cold start: {section['deployments']} deployments, "
-                        f"{section['new_pairs']} never-seen host+slice pairs")
-    for col in ("method", "bucket acc", "acc (new)", "1st hour waste", "1st hour viol"):
-        table.add_column(col, justify="right" if col != "method" else "left")
-    for m in ("fpstream", *BASELINES):
-        doc = section[m]
-        cpu = doc["first_hour"]["cpu"]
-        table.add_row(m, *(f"{x:.4f}" if x is not None else "-" for x in (
-            doc["bucket_accuracy"], doc["bucket_accuracy_new"], cpu["waste"], cpu["viol"])))
-    console.print(table)
+    console.print(coldstart_table(section))
     text = orjson.dumps({"cold_start": section}, option=orjson.OPT_INDENT_2)
     if json_out is not None:
         json_out.write_bytes(text + b"\n")
     typer.echo(text.decode())
+
+
+def coldstart_table(section: dict[str, Any]) -> Any:
+    """The ``cold_start`` section as a rich table: per method, bucket accuracy (over all, and
+    over never-seen pairs or over the deployments made with fleet history) and first-hour
+    waste and violations per resource."""
+    from rich.table import Table
+
+    series = "with_history" in section
+    methods = [m for m in ("fpstream", *(SERIES_BASELINES if series else BASELINES))
+               if m in section]
+    resources = sorted({r for m in methods for r in section[m]["first_hour"]})
+    if series:
+        title = (f"cold start: {section['deployments']} deployments, "
+                 f"{section['with_history']} after the first day")
+        extra = ("acc (after day 1)", lambda d: d["with_history"]["bucket_accuracy"])
+    else:
+        title = (f"cold start: {section['deployments']} deployments, "
+                 f"{section['new_pairs']} never-seen host+slice pairs")
+        extra = ("acc (new)", lambda d: d["bucket_accuracy_new"])
+    table = Table(title=title)
+    table.add_column("method")
+    for col in ("bucket acc", extra[0], *(f"1st hour {r} {k}" for r in resources
+                                          for k in ("waste", "viol"))):
+        table.add_column(col, justify="right")
+    for m in methods:
+        doc = section[m]
+        cells = [doc["bucket_accuracy"], extra[1](doc),
+                 *(doc["first_hour"].get(r, {}).get(k) for r in resources
+                   for k in ("waste", "viol"))]
+        table.add_row(m, *(f"{x:.4f}" if x is not None else "-" for x in cells))
+    return table

@@ -116,6 +116,10 @@ def backtest(
         for task in tasks.values():  # the last step of each phase is not always reported
             bar.update(task, completed=bar.tasks[task].total)
     console.print(summary_table(result))
+    if "cold_start" in result:
+        from fpstream.backtest.coldstart import coldstart_table
+
+        console.print(coldstart_table(result["cold_start"]))
     if report is not None:
         console.print(f"report written to {report}")
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2)

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,10 @@ HOUR = 3600.0
 DAY = 86_400.0
 STEP_S = 300.0
 MAX_BATCH = 500
+#: How long before its first sample a series's deploy request announces it.
+DEPLOY_LEAD_S = 3600.0
+#: The flow's epoch when deploy requests are sent: the input pauses a little longer after each.
+DEPLOY_EPOCH = timedelta(seconds=2)
 METHODS: tuple[str, ...] = ("fpstream", "vpa", "crane", "manual", "oracle")
 EXPERIMENTS: tuple[str, ...] = ("split", "bandit")  # ``run_backtest(experiment=...)``
 RESOURCES: dict[str, str] = {"cpu": "cpu_cores", "mem": "mem_bytes"}
@@ -87,21 +92,46 @@ def sample_dict(s: Series, i: int) -> dict[str, Any]:
     return doc
 
 
+def deploy_request(s: Series, lead_s: float = DEPLOY_LEAD_S) -> dict[str, Any] | None:
+    """The deploy request announcing ``s`` ``lead_s`` before its first sample, with what is
+    known in advance: its labels and its provisioned size (``None`` without a capacity)."""
+    requested = {metric: float(cap[0]) for res, metric in RESOURCES.items()
+                 if (cap := s.capacity(res)) is not None and len(cap) and cap[0] > 0}
+    if not requested or not len(s.ts):
+        return None
+    return {"v": 1, "ts": float(s.ts[0]) - lead_s, "app": s.key[0], "instance": s.key[1],
+            "labels": dict(s.labels), "requested": requested}
+
+
 class TraceMessages:
     """The trace as Kafka messages, re-iterable and built lazily (a month of 250 VMs would not
     fit in memory as JSON): the samples of one slot in time order, at most ``max_batch`` a
-    message (a slot of thousands of VMs would exceed the decoder's message size limit)."""
+    message (a slot of thousands of VMs would exceed the decoder's message size limit).
+
+    ``deploys`` (deploy request documents) go to ``deploy_topic`` in event-time order among
+    the samples, all those of one slot in one message before that slot's samples, followed by
+    a ``pause`` of the input: longer than an epoch, it puts the requests in an epoch of their
+    own, and the flow's stateful steps take epochs in order, so the model stage answers them
+    before it sees any window of the samples that follow (within one epoch, the deploy path
+    and the windows' path may interleave)."""
 
     def __init__(self, series: Sequence[Series], topic: str, slot_s: float = STEP_S,
                  max_batch: int = MAX_BATCH,
-                 on_progress: Callable[[int, int], None] | None = None) -> None:
+                 on_progress: Callable[[int, int], None] | None = None,
+                 deploys: Sequence[dict[str, Any]] = (), deploy_topic: str = "",
+                 pause: timedelta | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
+        if deploys and not deploy_topic:
+            raise ValueError("deploy requests need a deploy_topic")
         self.series = series
         self.topic = topic
         self.slot_s = slot_s
         self.max_batch = max_batch
         self.on_progress = on_progress  # (samples sent, samples in all)
+        self.deploys = sorted(deploys, key=lambda d: (d["ts"], d["app"], d["instance"]))
+        self.deploy_topic = deploy_topic
+        self.pause = pause
 
     def __iter__(self) -> Iterator[Any]:
         from bytewax.connectors.kafka import KafkaSourceMessage
@@ -111,7 +141,27 @@ class TraceMessages:
         rows.sort()
         start = 0
         offset = 0
-        while start < len(rows):
+        pending = list(self.deploys)
+        while start < len(rows) or pending:
+            slot = rows[start][0] if start < len(rows) else math.inf
+            due = 0
+            while due < len(pending) and math.ceil(pending[due]["ts"] / self.slot_s) <= slot:
+                due += 1
+            if due:
+                for i in range(0, due, self.max_batch):
+                    chunk = pending[i:min(due, i + self.max_batch)]
+                    yield KafkaSourceMessage(key=None, value=orjson.dumps(chunk),
+                                             topic=self.deploy_topic, partition=0,
+                                             offset=offset,
+                                             timestamp=(1, int(chunk[-1]["ts"] * 1000)))
+                    offset += 1
+                del pending[:due]
+                if self.pause is not None:
+                    from bytewax.testing import TestingSource
+
+                    yield TestingSource.PAUSE(self.pause)
+            if start >= len(rows):
+                break
             end = start
             while (end < len(rows) and rows[end][0] == rows[start][0]
                    and end - start < self.max_batch):
@@ -134,10 +184,12 @@ class FlowOutput:
     latest cluster snapshot (centroids and the app -> cluster map). A snapshot holds only the
     apps still active, so ``app_clusters`` keeps each app's cluster in the latest snapshot
     that held it. Each allocation's ``arm`` (its ``policy``) is kept as an index into
-    ``arms``; ``experiments`` holds the newest experiment summary of each flow process."""
+    ``arms``; ``experiments`` holds the newest experiment summary of each flow process;
+    ``proactive`` the ``proactive`` allocation documents, per (app, instance)."""
 
     allocations: dict[Key, dict[str, np.ndarray]]
     other: Counter[str]
+    proactive: dict[Key, dict[str, Any]] = field(default_factory=dict)
     clusters: Any | None = None
     snapshots: int = 0
     app_clusters: dict[str, int] = field(default_factory=dict)
@@ -162,9 +214,11 @@ def consuming_sink(fn: Callable[[list[Any]], None]) -> Any:
 
 
 def flow_allocations(series: Sequence[Series], settings: Settings,
-                     on_progress: Callable[[int, int], None] | None = None) -> FlowOutput:
+                     on_progress: Callable[[int, int], None] | None = None,
+                     deploys: bool = False) -> FlowOutput:
     """Run the real flow over the series and collect what it decided (``FlowOutput``);
-    ``on_progress(samples sent, samples in all)`` as it goes."""
+    ``on_progress(samples sent, samples in all)`` as it goes. With ``deploys``, every series
+    with a capacity is announced by a deploy request (``deploy_request``) first."""
     from bytewax.testing import TestingSource, run_main
 
     from flows.fleet import build_flow
@@ -189,6 +243,8 @@ def flow_allocations(series: Sequence[Series], settings: Settings,
                 rows.setdefault((doc["app"], doc["instance"]), []).append(
                     (doc["ts"], reserve.get("cpu_cores", math.nan),
                      reserve.get("mem_bytes", math.nan), arm_index(doc["policy"])))
+                if doc.get("kind") == "proactive":
+                    out.proactive.setdefault((doc["app"], doc["instance"]), doc)
             elif msg.topic == settings.topic_deadletter:
                 out.other[f"deadletter:{doc['reason']}"] += 1
             else:
@@ -204,11 +260,14 @@ def flow_allocations(series: Sequence[Series], settings: Settings,
                                                          item.ts >= newest[0].ts):
                 newest[:] = [item]
 
+    requests = [d for s in series if (d := deploy_request(s)) is not None] if deploys else []
     source = TestingSource(TraceMessages(series, settings.topic_metrics, settings.window_s,
-                                         on_progress=on_progress), batch_size=20)
+                                         on_progress=on_progress, deploys=requests,
+                                         deploy_topic=settings.topic_deploys,
+                                         pause=DEPLOY_EPOCH * 1.2), batch_size=20)
     flow = build_flow(settings, source=source, kafka_sink=consuming_sink(on_kafka),
                       redis_sink=consuming_sink(on_redis), metrics=FlowMetrics())
-    run_main(flow)
+    run_main(flow, epoch_interval=DEPLOY_EPOCH if requests else None)
     for key, items in rows.items():
         items.sort()
         a = np.array(items, dtype=np.float64)
@@ -217,19 +276,22 @@ def flow_allocations(series: Sequence[Series], settings: Settings,
     return out
 
 
-def _shard_main(shard: int, series: Sequence[Series], settings: Settings, queue: Any) -> None:
+def _shard_main(shard: int, series: Sequence[Series], settings: Settings, queue: Any,
+                deploys: bool) -> None:
     """A worker process of ``sharded_flow_allocations``: run the flow, report through
     ``queue``."""
     try:
         out = flow_allocations(series, settings,
-                               lambda done, total: queue.put(("progress", shard, done, total)))
+                               lambda done, total: queue.put(("progress", shard, done, total)),
+                               deploys)
         queue.put(("result", shard, out, None))
     except BaseException as ex:  # reported to the parent, which raises
         queue.put(("error", shard, f"{type(ex).__name__}: {ex}", None))
 
 
 def sharded_flow_allocations(series: Sequence[Series], settings: Settings, workers: int,
-                             progress: Progress | None = None) -> FlowOutput:
+                             progress: Progress | None = None,
+                             deploys: bool = False) -> FlowOutput:
     """``flow_allocations`` over ``workers`` processes, the series dealt round-robin.
 
     Each process runs the whole flow over its share, so the fleet-wide models (clusters, the
@@ -242,14 +304,15 @@ def sharded_flow_allocations(series: Sequence[Series], settings: Settings, worke
             progress("flow", done, total)
 
     if workers <= 1 or len(series) < 2:
-        return flow_allocations(series, settings, report)
+        return flow_allocations(series, settings, report, deploys)
     import multiprocessing as mp
     import queue as queue_mod
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     shards = [list(series[i::workers]) for i in range(workers)]
-    procs = [ctx.Process(target=_shard_main, args=(i, shard, settings, q), daemon=True)
+    procs = [ctx.Process(target=_shard_main, args=(i, shard, settings, q, deploys),
+                         daemon=True)
              for i, shard in enumerate(shards) if shard]
     for proc in procs:
         proc.start()
@@ -282,6 +345,7 @@ def sharded_flow_allocations(series: Sequence[Series], settings: Settings, worke
     for shard in sorted(results):
         got = results[shard]
         merged.allocations.update(got.allocations)
+        merged.proactive.update(got.proactive)
         merged.other.update(got.other)
         merged.snapshots += got.snapshots
         merged.experiments += got.experiments
@@ -562,7 +626,10 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
         if not series:
             raise ValueError(f"score_on {score_on!r} selects no series")
     t1 = time.perf_counter()
-    flow = sharded_flow_allocations(series, settings, workers, progress)
+    # Series with a provisioned size are announced by a deploy request carrying it, so their
+    # first hour runs on a proactive allocation and is scored as cold start.
+    deploys = any(deploy_request(s) is not None for s in series)
+    flow = sharded_flow_allocations(series, settings, workers, progress, deploys)
     notes.update(flow.other)
     t2 = time.perf_counter()
     resources = [res for res in RESOURCES if any(s.usage(res) is not None for s in series)]
@@ -612,6 +679,10 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
                                "mem_bytes": settings.violation_cost_mem},
         },
     }
+    if deploys:
+        from fpstream.backtest.coldstart import series_coldstart
+
+        result["cold_start"] = series_coldstart(series, flow.proactive)
     if tuning is not None:
         result["tuning"] = {**tuning, "scored_on": score_on or "all"}
     if experiment is not None and arm_scores is not None:

@@ -43,6 +43,22 @@ def test_the_flow_allocated_every_vm_without_dead_letters(result: dict[str, Any]
     assert not [k for k in notes if k.startswith("deadletter:")]
 
 
+def test_every_vm_is_announced_and_scored_as_a_cold_start(result: dict[str, Any]) -> None:
+    cold = result["cold_start"]
+    assert cold["deployments"] == cold["new_pairs"] == N_SERIES
+    assert "without_proactive_allocation" not in cold["notes"]
+    for method in ("fpstream", "global", "size", "manual"):
+        for doc in (cold[method], cold[method]["with_history"]):
+            assert set(doc) >= {"bucket_accuracy", "bucket_accuracy_new", "first_hour"}
+        for res in ("cpu", "mem"):
+            figures = cold[method]["first_hour"][res]
+            assert 0.0 <= figures["waste"] <= 1.0 and 0.0 <= figures["viol"] <= 1.0
+    # These VMs all start with the trace: nothing is known of the fleet, so fpstream
+    # reserves the requested (provisioned) size, as the manual allocation does.
+    assert cold["with_history"] == 0
+    assert cold["fpstream"]["first_hour"] == cold["manual"]["first_hour"]
+
+
 def test_baselines_order_as_they_must(result: dict[str, Any]) -> None:
     for res in ("cpu", "mem"):
         waste = {m: result[res][m]["waste"] for m in METHODS}

@@ -1,0 +1,110 @@
+"""The Bitbrains-style cold-start section: deploy requests among the trace's messages, and the
+scoring of proactive allocations against the first day and first hour of each series."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from bytewax.testing import TestingSource
+
+from fpstream.backtest.coldstart import FIRST_HOUR_STEPS, series_coldstart
+from fpstream.backtest.run import DAY, DEPLOY_LEAD_S, TraceMessages, deploy_request
+from fpstream.backtest.traces import Series
+
+STEP = 300.0
+T0 = 1_372_629_600.0  # an hour boundary
+
+
+def vm(name: str, start: float, cores: float, load: float, days: float = 2.0,
+       mem_gib: float | None = 4.0) -> Series:
+    n = int(days * DAY / STEP)
+    ts = start + STEP * np.arange(1, n + 1)
+    cpu = np.full(n, load * cores)
+    mem = None if mem_gib is None else np.full(n, 0.5 * mem_gib * 2**30)
+    return Series(name=name, ts=ts, cpu=cpu, cpu_cap=np.full(n, cores), mem=mem,
+                  mem_cap=None if mem_gib is None else np.full(n, mem_gib * 2**30))
+
+
+def proactive(s: Series, cpu: float, mem: float | None = None) -> dict[str, Any]:
+    reserve = {"cpu_cores": cpu, **({"mem_bytes": mem} if mem is not None else {})}
+    return {"kind": "proactive", "app": s.key[0], "instance": s.key[1],
+            "predicted": {"cpu_cores": cpu}, "reserve": reserve}
+
+
+def test_a_deploy_request_carries_the_provisioned_size_an_hour_ahead() -> None:
+    s = vm("vm-1", T0, 4.0, 0.1)
+    req = deploy_request(s)
+    assert req is not None
+    assert req["ts"] == s.ts[0] - DEPLOY_LEAD_S
+    assert req["requested"] == {"cpu_cores": 4.0, "mem_bytes": 4.0 * 2**30}
+    assert (req["app"], req["instance"]) == s.key
+    no_capacity = Series(name="x", ts=s.ts, cpu=s.cpu)
+    assert deploy_request(no_capacity) is None
+
+
+def test_deploys_precede_the_samples_of_their_slot_and_pause_the_input() -> None:
+    early, late = vm("a", T0, 2.0, 0.1, days=0.5), vm("b", T0 + 3 * 3600, 2.0, 0.1, days=0.5)
+    deploys = [d for s in (early, late) if (d := deploy_request(s)) is not None]
+    pause = timedelta(seconds=1)
+    items = list(TraceMessages([early, late], "metrics", STEP, deploys=deploys,
+                               deploy_topic="deploys", pause=pause))
+    sent: list[tuple[str, float]] = []  # (topic or "pause", newest ts)
+    for item in items:
+        if isinstance(item, TestingSource.PAUSE):
+            sent.append(("pause", sent[-1][1]))
+            continue
+        docs = orjson.loads(item.value)
+        sent.append((item.topic, max(d["ts"] for d in docs)))
+    topics = [t for t, _ in sent]
+    assert topics.count("deploys") == 2 and topics.count("pause") == 2
+    for i, (topic, ts) in enumerate(sent):
+        if topic == "deploys":
+            assert topics[i + 1] == "pause"
+            # the samples before the request are of earlier slots, those after of its slot on
+            slot = np.ceil(ts / STEP)
+            assert all(np.ceil(t / STEP) < slot for top, t in sent[:i] if top == "metrics")
+            assert all(np.ceil(t / STEP) >= slot for top, t in sent[i + 1:] if top == "metrics")
+    samples = sum(len(orjson.loads(it.value)) for it in items
+                  if not isinstance(it, TestingSource.PAUSE) and it.topic == "metrics")
+    assert samples == len(early) + len(late)
+    with pytest.raises(ValueError, match="deploy_topic"):
+        TraceMessages([early], "metrics", deploys=deploys)
+
+
+def test_series_coldstart_scores_buckets_first_hours_and_baselines() -> None:
+    # Day 1: three 4-core VMs at 10 % (bucket 0) and one 1-core VM at 90 % (bucket 3).
+    first = [vm(f"vm-{i}", T0, 4.0, 0.1) for i in range(3)] + [vm("vm-3", T0, 1.0, 0.9)]
+    # Two days later: a 4-core VM at 60 % (bucket 2) and a 4-core one at 10 % (bucket 0).
+    late = [vm("vm-4", T0 + 2 * DAY, 4.0, 0.6), vm("vm-5", T0 + 2 * DAY, 4.0, 0.1)]
+    series = first + late
+    mine = {s.key: proactive(s, 0.2 * 4.0, 2.5 * 2**30) for s in series[:3]}
+    mine[series[3].key] = proactive(series[3], 0.95, 2.5 * 2**30)
+    mine[late[0].key] = proactive(late[0], 2.0, 2.5 * 2**30)  # bucket 2, but reserve 2 < 2.4
+    # late[1] has no proactive allocation: it runs on its provisioned size, and misses.
+    doc = series_coldstart(series, mine)
+    assert doc["deployments"] == doc["new_pairs"] == 6
+    assert doc["with_history"] == 2
+    assert doc["notes"]["without_proactive_allocation"] == 1
+    fp = doc["fpstream"]
+    assert fp["bucket_accuracy"] == pytest.approx(5 / 6, abs=1e-4)
+    assert fp["with_history"]["bucket_accuracy"] == 0.5
+    # First hour of late[0]: 12 steps at 2.4 cores against 2.0 -> all violated.
+    hour = fp["with_history"]["first_hour"]["cpu"]
+    assert hour["viol"] == 0.5  # late[0] violated, late[1] on 4 cores not
+    slack = (4.0 - 0.4) * FIRST_HOUR_STEPS
+    assert hour["waste"] == pytest.approx(slack / ((2.0 + 4.0) * FIRST_HOUR_STEPS), abs=1e-4)
+    assert fp["first_hour"]["mem"]["viol"] == 0.0
+    # Baselines: with history the fleet's bucket is 0 (3 of 4), the 4-core VMs' bucket 0.
+    assert doc["global"]["with_history"]["bucket_accuracy"] == 0.5
+    assert doc["size"]["with_history"]["bucket_accuracy"] == 0.5
+    # Day 1 has no history: global and size have no answer and run on the provisioned size.
+    assert doc["global"]["bucket_accuracy"] == pytest.approx(1 / 6, abs=1e-4)
+    assert doc["manual"]["first_hour"]["cpu"]["viol"] == 0.0
+    assert doc["manual"]["bucket_accuracy"] == pytest.approx(1 / 6, abs=1e-4)
+    # The baselines reserve their bucket's upper edge of the cores: 25 % of 4 cores = 1.0.
+    g = doc["global"]["with_history"]["first_hour"]["cpu"]
+    assert g["viol"] == 0.5  # late[0] uses 2.4 > 1.0
