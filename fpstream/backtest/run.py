@@ -13,7 +13,10 @@ are kept, never the messages.
 The baselines see the same rows, one at a time, and decide at every hour boundary from the rows
 before it. A series is scored from its first hour boundary on: steps before it have no decision
 from anyone (``notes.unscored_steps``). Its first day (from its first sample) is scored apart
-as cold start (``first_day``); the headline figures are from day 2 on.
+as cold start (``first_day``); the headline figures are from day 2 on. A series with a
+provisioned size is announced by a deploy request carrying it (``deploy_request``), an hour
+before its first sample: its first hour runs on the flow's proactive allocation, scored in the
+``cold_start`` section (``fpstream.backtest.coldstart.series_coldstart``).
 
 A resource the trace lacks (memory in PlanetLab) is omitted from the result, and so is
 ``manual`` for a resource when a series has no capacity for it (a recorded stream without
@@ -554,8 +557,10 @@ def vpa_violation(series: Sequence[Series]) -> dict[str, float]:
 
 
 def _tune(series: Sequence[Series], settings: Settings, target_viol: float | str,
-          tune_on: str | None, progress: Progress | None) -> tuple[Settings, dict[str, Any]]:
-    """Fit the violation prices on the ``tune_on`` series; the settings that use them."""
+          tune_on: str | None, progress: Progress | None,
+          workers: int = 1) -> tuple[Settings, dict[str, Any]]:
+    """Fit the violation prices on the ``tune_on`` series; the settings that use them. With
+    ``workers`` > 1, the resources are fitted in parallel processes."""
     chosen = (list(series) if tune_on is None
               else [series[i] for i in parse_range(tune_on, len(series))])
     if not chosen:
@@ -566,12 +571,29 @@ def _tune(series: Sequence[Series], settings: Settings, target_viol: float | str
         targets = vpa_violation(chosen)
     else:
         targets = parse_target(target_viol)
-    for n, res in enumerate(r for r in targets if any(s.usage(r) is not None for s in chosen)):
-        if progress:
-            progress("tune", n, len(targets))
-        cost, got = fit_cost(chosen, res, targets[res])
-        costs[res] = cost
-        fitted[res] = {"cost": cost, **got}
+    todo = [r for r in targets if any(s.usage(r) is not None for s in chosen)]
+    if progress:
+        progress("tune", 0, len(todo))
+    pool = None
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn"))
+    try:
+        futures = {res: pool.submit(fit_cost, chosen, res, targets[res]) if pool else None
+                   for res in todo}
+        for n, res in enumerate(todo):
+            future = futures[res]
+            cost, got = (future.result() if future is not None
+                         else fit_cost(chosen, res, targets[res]))
+            costs[res] = cost
+            fitted[res] = {"cost": cost, **got}
+            if progress:
+                progress("tune", n + 1, len(todo))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     settings = replace(settings, violation_cost_cpu=costs.get("cpu", settings.violation_cost_cpu),
                        violation_cost_mem=costs.get("mem", settings.violation_cost_mem))
     return settings, {"target_viol": targets, "tuned_on": tune_on or "all",
@@ -620,7 +642,7 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
         settings = replace(settings, experiment_mode=experiment)
     tuning: dict[str, Any] | None = None
     if target_viol is not None:
-        settings, tuning = _tune(series, settings, target_viol, tune_on, progress)
+        settings, tuning = _tune(series, settings, target_viol, tune_on, progress, workers)
     if score_on is not None:
         series = [series[i] for i in parse_range(score_on, len(series))]
         if not series:
