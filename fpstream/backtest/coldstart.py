@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -44,10 +44,8 @@ from fpstream.backtest.run import (
     DAY,
     DEPLOY_LEAD_S,
     HOUR,
-    MAX_BATCH,
     backtest_settings,
-    consuming_sink,
-    sample_dict,
+    flow_allocations,
 )
 from fpstream.backtest.traces import (
     PLANETLAB_STEP_S,
@@ -61,13 +59,14 @@ from fpstream.backtest.traces import (
 from fpstream.backtest.tune import parse_range
 from fpstream.settings import Settings
 
-__all__ = ["BASELINES", "EDGES", "SERIES_BASELINES", "bucket", "coldstart_messages",
-           "coldstart_table", "run_coldstart", "select_days", "series_coldstart"]
+__all__ = ["BASELINES", "EDGES", "SERIES_BASELINES", "bucket", "coldstart_table",
+           "run_coldstart", "select_days", "series_coldstart"]
 
 EDGES: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 BASELINES: tuple[str, ...] = ("global", "slice", "instance")
 FIRST_HOUR_STEPS = int(HOUR // PLANETLAB_STEP_S)
-DEPLOY_BATCH = 200
+#: The replay's epochs: five days make five input pauses, and every epoch end snapshots the
+#: state of a large fleet, so epochs are longer than the hourly backtest's.
 EPOCH = timedelta(seconds=5)
 Progress = Callable[[str, int, int], None]
 
@@ -95,77 +94,6 @@ def vm_series(v: VmDay) -> Series:
 def select_days(days: Sequence[str], spec: str | None) -> list[str]:
     """``"1-3"`` -> those days (1-based positions over the sorted days)."""
     return [days[i] for i in parse_range(spec, len(days))] if spec else []
-
-
-def coldstart_messages(by_day: dict[str, list[VmDay]], settings: Settings,
-                       on_progress: Callable[[int, int], None] | None = None) -> Iterator[Any]:
-    """Per day in order: deploy requests for every VM-day of the day, then its samples."""
-    from bytewax.connectors.kafka import KafkaSourceMessage
-    from bytewax.testing import TestingSource
-
-    offset = 0
-    total = sum(len(vs) for vs in by_day.values())
-    done = 0
-    for day in sorted(by_day):
-        vms = by_day[day]
-        start = _day_start(day)
-        deploys = [{"v": 1, "ts": start, "app": app_of(v), "instance": v.day,
-                    "labels": {"slice": v.slice, "host": v.host},
-                    "requested": {"cpu_cores": 1.0}} for v in vms]
-        for i in range(0, len(deploys), DEPLOY_BATCH):
-            yield KafkaSourceMessage(key=None, value=orjson.dumps(deploys[i:i + DEPLOY_BATCH]),
-                                     topic=settings.topic_deploys, partition=0, offset=offset,
-                                     timestamp=(1, int(start * 1000)))
-            offset += 1
-        # The input pauses after the deploys for longer than an epoch: they close an epoch
-        # of their own and the flow's stateful steps take epochs in order, so the model stage
-        # answers them before it sees any window of the day (within one epoch, the deploy
-        # path and the windows' path may interleave). Epochs stay long otherwise: every
-        # epoch end snapshots the state, the whole fleet's model included.
-        yield TestingSource.PAUSE(EPOCH * 1.2)
-        series = [vm_series(v) for v in vms]
-        for step in range(PLANETLAB_STEPS):
-            batch = [sample_dict(s, step) for s in series]
-            for i in range(0, len(batch), MAX_BATCH):
-                yield KafkaSourceMessage(key=None, value=orjson.dumps(batch[i:i + MAX_BATCH]),
-                                         topic=settings.topic_metrics, partition=0,
-                                         offset=offset,
-                                         timestamp=(1, int(batch[0]["ts"] * 1000)))
-                offset += 1
-        done += len(vms)
-        if on_progress is not None:
-            on_progress(done, total)
-
-
-def flow_proactive(by_day: dict[str, list[VmDay]], settings: Settings,
-                   on_progress: Callable[[int, int], None] | None = None
-                   ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Run the real flow; per (app, instance) its proactive allocation document."""
-    from bytewax.testing import TestingSource, run_main
-
-    from flows.fleet import build_flow
-    from fpstream.io.metrics import FlowMetrics
-
-    got: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def on_kafka(items: list[Any]) -> None:
-        for msg in items:
-            if msg.topic != settings.topic_allocations:
-                continue
-            doc = orjson.loads(msg.value)
-            if doc.get("kind") == "proactive":
-                got.setdefault((doc["app"], doc["instance"]), doc)
-
-    class _Iterable:  # TestingSource wants a re-iterable
-        def __iter__(self) -> Iterator[Any]:
-            return coldstart_messages(by_day, settings, on_progress)
-
-    flow = build_flow(settings, source=TestingSource(_Iterable(), batch_size=20),
-                      kafka_sink=consuming_sink(on_kafka),
-                      redis_sink=consuming_sink(lambda _: None),
-                      metrics=FlowMetrics())
-    run_main(flow, epoch_interval=EPOCH)
-    return got
 
 
 class _Scores:
@@ -267,7 +195,11 @@ def run_coldstart(train: Sequence[PathLike] = (), evaluate: Sequence[PathLike] =
         if progress:
             progress("coldstart", done, total)
 
-    proactive = flow_proactive(by_day, settings, report)
+    # Every VM-day is announced at the start of its day (its first sample is one step in),
+    # after the earlier days' samples and before its own.
+    series = [vm_series(v) for day in sorted(by_day) for v in by_day[day]]
+    proactive = flow_allocations(series, settings, report, deploys=True,
+                                 lead_s=PLANETLAB_STEP_S, epoch=EPOCH).proactive
     t2 = time.perf_counter()
 
     scores = {m: _Scores() for m in ("fpstream", *BASELINES)}
@@ -396,7 +328,7 @@ def series_coldstart(series: Sequence[Series], proactive: dict[tuple[str, str], 
                        "mem": (float(doc["reserve"]["mem_bytes"])
                                if "mem_bytes" in doc["reserve"] else mem_cap)}
         g = _mode(fleet)
-        z = _mode(by_size[_size_of(s)]) if by_size[_size_of(s)] else g
+        z = _mode(by_size[_size_of(s)]) or g
         answers: dict[str, tuple[int | None, dict[str, float | None]]] = {
             "fpstream": (mine, reserve), "manual": (bucket(1.0), manual)}
         for name, b in (("global", g), ("size", z)):
@@ -438,7 +370,7 @@ def coldstart_command(fmt: str, paths: Sequence[Path], train: Sequence[Path],
             raise typer.Exit(2)
     with console.status("cold start: replaying the days through the flow...") as status:
         def progress(phase: str, done: int, total: int) -> None:
-            status.update(f"cold start: {done}/{total} VM-days replayed")
+            status.update(f"cold start: {done}/{total} samples replayed")
 
         try:
             section = run_coldstart(train, evaluate, paths=[] if evaluate else paths,

@@ -218,10 +218,12 @@ def consuming_sink(fn: Callable[[list[Any]], None]) -> Any:
 
 def flow_allocations(series: Sequence[Series], settings: Settings,
                      on_progress: Callable[[int, int], None] | None = None,
-                     deploys: bool = False) -> FlowOutput:
+                     deploys: bool = False, lead_s: float = DEPLOY_LEAD_S,
+                     epoch: timedelta = DEPLOY_EPOCH) -> FlowOutput:
     """Run the real flow over the series and collect what it decided (``FlowOutput``);
     ``on_progress(samples sent, samples in all)`` as it goes. With ``deploys``, every series
-    with a capacity is announced by a deploy request (``deploy_request``) first."""
+    with a capacity is announced by a deploy request (``deploy_request``) ``lead_s`` before
+    its first sample, and the flow runs in epochs of ``epoch``."""
     from bytewax.testing import TestingSource, run_main
 
     from flows.fleet import build_flow
@@ -263,14 +265,15 @@ def flow_allocations(series: Sequence[Series], settings: Settings,
                                                          item.ts >= newest[0].ts):
                 newest[:] = [item]
 
-    requests = [d for s in series if (d := deploy_request(s)) is not None] if deploys else []
+    requests = ([d for s in series if (d := deploy_request(s, lead_s)) is not None]
+                if deploys else [])
     source = TestingSource(TraceMessages(series, settings.topic_metrics, settings.window_s,
                                          on_progress=on_progress, deploys=requests,
                                          deploy_topic=settings.topic_deploys,
-                                         pause=DEPLOY_EPOCH * 1.2), batch_size=20)
+                                         pause=epoch * 1.2), batch_size=20)
     flow = build_flow(settings, source=source, kafka_sink=consuming_sink(on_kafka),
                       redis_sink=consuming_sink(on_redis), metrics=FlowMetrics())
-    run_main(flow, epoch_interval=DEPLOY_EPOCH if requests else None)
+    run_main(flow, epoch_interval=epoch if requests else None)
     for key, items in rows.items():
         items.sort()
         a = np.array(items, dtype=np.float64)
