@@ -37,15 +37,18 @@ multiplied by its (smoothed) share of first-hour windows without violation. ``qu
 the fleet totals that the flow exports as Prometheus metrics.
 
 Everything is deterministic: no wall clock, no randomness (``seed`` is kept for a uniform
-constructor); ties break on sorted keys. Memory is bounded: ``max_instances`` instance
-summaries (least recently updated dropped first), ``max_keys`` evidence keys of ``window``
-instances each.
+constructor); ties break on sorted keys, and instances that start at the same event time
+join a group in the order of a stable hash of their names. Memory is bounded:
+``max_instances`` instance summaries (least recently updated dropped first), ``max_keys``
+evidence keys of at most ``window`` instances each, the newest by first window.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections import OrderedDict, deque
+import zlib
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,15 +130,17 @@ class Hist:
 class InstanceNeed:
     """One instance's 95th percentile of window peaks per resource, absolute and relative to
     its size, and what each evidence key would have guessed for it (``guesses``, judged once
-    the instance has ``judge_windows`` windows)."""
+    the instance has ``judge_windows`` windows). ``order`` places it among a group's members:
+    the event time of its first window, then a stable hash of its name."""
 
-    __slots__ = ("abs", "guesses", "n", "rel")
+    __slots__ = ("abs", "guesses", "n", "order", "rel")
 
-    def __init__(self) -> None:
+    def __init__(self, order: tuple[float, int] = (0.0, 0)) -> None:
         self.abs: dict[str, Hist] = {}
         self.rel: dict[str, Hist] = {}
         self.guesses: dict[str, float] = {}
         self.n = 0
+        self.order = order
 
     def update(self, peak: Mapping[str, float], size: Mapping[str, float]) -> None:
         self.n += 1
@@ -196,7 +201,7 @@ _SCORED: dict[str, str] = {"cpu_cores": "cpu_cores", "mem_bytes": "mem_bytes"}
 
 class ColdStart:
     def __init__(self, seed: int = 0, alpha: float = 0.5, *, group_quantile: float = 0.4,
-                 min_support: int = 3, window: int = 64, max_keys: int = 100_000,
+                 min_support: int = 3, window: int = 256, max_keys: int = 100_000,
                  max_instances: int = 100_000, judge_windows: int = 144,
                  min_windows: int = 12) -> None:
         self.seed = seed  # the model is deterministic; kept for a uniform constructor
@@ -209,7 +214,7 @@ class ColdStart:
         self.max_keys = max_keys
         self.max_instances = max_instances
         self.instances: OrderedDict[tuple[str, str], InstanceNeed] = OrderedDict()
-        self.index: OrderedDict[str, deque[InstanceNeed]] = OrderedDict()
+        self.index: OrderedDict[str, list[InstanceNeed]] = OrderedDict()
         self._last_cluster: dict[tuple[str, str], int] = {}
         self.tracking: dict[tuple[str, str], FirstHour] = {}
         self.quality = Quality()
@@ -243,7 +248,7 @@ class ColdStart:
             return
         inst = self.instances.get(key)
         if inst is None:
-            inst = self._new_instance(key, labels, capacity)
+            inst = self._new_instance(key, labels, capacity, 0.0 if ts is None else ts)
         else:
             self.instances.move_to_end(key)
         inst.update(observed, capacity)
@@ -253,8 +258,8 @@ class ColdStart:
             self._score_first_hour(key, ts, observed)
 
     def _new_instance(self, key: tuple[str, str], labels: Mapping[str, str],
-                      capacity: Mapping[str, float]) -> InstanceNeed:
-        inst = InstanceNeed()
+                      capacity: Mapping[str, float], ts: float) -> InstanceNeed:
+        inst = InstanceNeed((ts, zlib.crc32(f"{key[0]}\0{key[1]}".encode())))
         inst.guesses = {name: self._primary(members, capacity)
                         for name, _, members in self._groups(labels, capacity)}
         self.instances[key] = inst
@@ -265,10 +270,15 @@ class ColdStart:
         for k in self._keys(key[0], labels, capacity):
             members = self.index.get(k)
             if members is None:
-                members = self.index[k] = deque(maxlen=self.window)
+                members = self.index[k] = []
             else:
                 self.index.move_to_end(k)
-            members.append(inst)
+            # The newest ``window`` members, oldest first. Instances that start together (a
+            # fleet coming up, a trace's first slot) are ordered by the hash of their name, so
+            # which of them a full group keeps does not follow their names or arrival order.
+            bisect.insort(members, inst, key=_by_order)
+            if len(members) > self.window:
+                del members[0]
         while len(self.index) > self.max_keys:
             self.index.popitem(last=False)
         return inst
@@ -488,6 +498,10 @@ class ColdStart:
                 "violations": dict(sorted(q.violations.items())),
                 "levels": {lv: {"windows": n, "violations": self.level_viol.get(lv, 0)}
                            for lv, n in sorted(self.level_windows.items())}}
+
+
+def _by_order(inst: InstanceNeed) -> tuple[float, int]:
+    return inst.order
 
 
 def _quantile(values: list[float], q: float) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
+
 from fpstream.coldstart import ColdStart
 
 REQ = {"cpu_cores": 4.0}
@@ -106,3 +108,34 @@ def test_first_hour_quality_is_exported() -> None:
                {"resource": "cpu_cores"}) == 6
     assert abs(get("fpstream_coldstart_first_hour_waste_ratio",
                    {"resource": "cpu_cores"}) - 0.25) < 1e-9
+
+
+def test_a_full_group_keeps_the_newest_members_whatever_their_names() -> None:
+    """More instances than a group holds start together: which are kept must not follow
+    their names or the order they are read in, and later starters replace the oldest."""
+    def fleet(order: list[int]) -> ColdStart:
+        cs = ColdStart(window=8, min_windows=1)
+        for w in range(3):
+            for k in order:  # 8-core vm-30..vm-39 busy, the rest idle
+                cpu = 8.0 if k >= 30 else 0.08
+                cs.learn({}, {"cpu_cores": 8.0}, 0, {"cpu_cores": cpu}, app=f"vm-{k}",
+                         instance="i", ts=300.0 * w)
+        return cs
+
+    names = list(range(40))
+    by_name = sorted(names, key=lambda k: f"vm-{k}")
+    outcomes = [fleet(o).predict({}, {"cpu_cores": 8.0}, app="new")
+                for o in (names, by_name, names[::-1])]
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    cs = fleet(names)
+    held = {k[0] for k, v in cs.instances.items() if v in cs.index["fleet:"]}
+    assert len(held) == 8
+    # Not simply the last eight read (vm-32..39), nor the last eight by name (vm-4..vm-9).
+    assert held != {f"vm-{k}" for k in names[-8:]}
+    assert held != {f"vm-{k}" for k in by_name[-8:]}
+    for k in range(40, 48):  # a later start pushes out the oldest members
+        cs.learn({}, {"cpu_cores": 8.0}, 0, {"cpu_cores": 4.0}, app=f"vm-{k}", instance="i",
+                 ts=900.0)
+    assert [m.order[0] for m in cs.index["fleet:"]] == [900.0] * 8
+    assert cs.predict({}, {"cpu_cores": 8.0}, app="new").need["cpu_cores"] == \
+        pytest.approx(4.0, rel=0.02)
