@@ -404,7 +404,11 @@ def coldstart_table(section: dict[str, Any]) -> Any:
         title = (f"cold start: {section['deployments']} deployments, "
                  f"{section['new_pairs']} never-seen host+slice pairs")
         extra = ("acc (new)", lambda d: d["bucket_accuracy_new"])
-    table = Table(title=title)
+    procs = section.get("flow_processes", 1)
+    caption = (f"fpstream ran in {procs} flow processes, each learning from 1/{procs} of the "
+               "fleet; the baselines know all of it (--workers 1 for the whole fleet)"
+               if procs > 1 else None)
+    table = Table(title=title, caption=caption)
     table.add_column("method")
     for col in ("bucket acc", extra[0], *(f"1st hour {r} {k}" for r in resources
                                           for k in ("waste", "viol"))):

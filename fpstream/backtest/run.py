@@ -707,7 +707,10 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
     if deploys:
         from fpstream.backtest.coldstart import series_coldstart
 
-        result["cold_start"] = series_coldstart(series, flow.proactive)
+        # With several flow processes each learns from its share of the fleet only, while
+        # the baselines know all of it: the section says so.
+        result["cold_start"] = {**series_coldstart(series, flow.proactive),
+                                "flow_processes": min(max(workers, 1), len(series))}
     if tuning is not None:
         result["tuning"] = {**tuning, "scored_on": score_on or "all"}
     if experiment is not None and arm_scores is not None:

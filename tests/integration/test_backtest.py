@@ -57,6 +57,7 @@ def test_every_vm_is_announced_and_scored_as_a_cold_start(result: dict[str, Any]
     # reserves the requested (provisioned) size, as the manual allocation does.
     assert cold["with_history"] == 0
     assert cold["fpstream"]["first_hour"] == cold["manual"]["first_hour"]
+    assert cold["flow_processes"] == 1
 
 
 def test_baselines_order_as_they_must(result: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ scoring of proactive allocations against the first day and first hour of each se
 
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 from typing import Any
 
@@ -108,3 +109,21 @@ def test_series_coldstart_scores_buckets_first_hours_and_baselines() -> None:
     # The baselines reserve their bucket's upper edge of the cores: 25 % of 4 cores = 1.0.
     g = doc["global"]["with_history"]["first_hour"]["cpu"]
     assert g["viol"] == 0.5  # late[0] uses 2.4 > 1.0
+
+
+def test_the_table_says_when_fpstream_learned_from_a_share_of_the_fleet() -> None:
+    from rich.console import Console
+
+    from fpstream.backtest.coldstart import coldstart_table
+
+    series = [vm(f"vm-{i}", T0, 4.0, 0.1) for i in range(3)]
+    doc = series_coldstart(series, {s.key: proactive(s, 0.8) for s in series})
+
+    def text(section: dict[str, Any]) -> str:
+        console = Console(width=200, record=True, file=io.StringIO())
+        console.print(coldstart_table(section))
+        return console.export_text()
+
+    assert "flow processes" not in text({**doc, "flow_processes": 1})
+    assert "2 flow processes, each learning from 1/2 of the fleet" in text(
+        {**doc, "flow_processes": 2})
