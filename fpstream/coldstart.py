@@ -142,6 +142,12 @@ class InstanceNeed:
         self.n = 0
         self.order = order
 
+    def __setstate__(self, state: tuple[Any, dict[str, Any]]) -> None:
+        slots = state[1]
+        slots.setdefault("order", (0.0, 0))  # snapshots from before groups were ordered
+        for name, value in slots.items():
+            setattr(self, name, value)
+
     def update(self, peak: Mapping[str, float], size: Mapping[str, float]) -> None:
         self.n += 1
         for r in RESOURCES:
@@ -226,6 +232,11 @@ class ColdStart:
         self.judge_windows = judge_windows
         self.min_windows = min_windows
         self.key_error: dict[str, list[float]] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Snapshots from before groups were ordered held them in bounded deques.
+        state["index"] = OrderedDict((k, list(v)) for k, v in state["index"].items())
+        self.__dict__.update(state)
 
     # -- learning ---------------------------------------------------------------------------
 
