@@ -328,7 +328,8 @@ def series_coldstart(series: Sequence[Series], proactive: dict[tuple[str, str], 
                        "mem": (float(doc["reserve"]["mem_bytes"])
                                if "mem_bytes" in doc["reserve"] else mem_cap)}
         g = _mode(fleet)
-        z = _mode(by_size[_size_of(s)]) or g
+        peers = by_size[_size_of(s)]
+        z = _mode(peers) if peers else g
         answers: dict[str, tuple[int | None, dict[str, float | None]]] = {
             "fpstream": (mine, reserve), "manual": (bucket(1.0), manual)}
         for name, b in (("global", g), ("size", z)):

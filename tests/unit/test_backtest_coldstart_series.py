@@ -111,6 +111,15 @@ def test_series_coldstart_scores_buckets_first_hours_and_baselines() -> None:
     assert g["viol"] == 0.5  # late[0] uses 2.4 > 1.0
 
 
+def test_the_size_baseline_keeps_its_peers_idle_bucket_over_a_busy_fleet() -> None:
+    # Day 1: three busy 1-core VMs and one idle 4-core VM; day 3: a new idle 4-core VM.
+    first = [vm(f"busy-{i}", T0, 1.0, 0.9) for i in range(3)] + [vm("idle", T0, 4.0, 0.1)]
+    new = vm("new", T0 + 2 * DAY, 4.0, 0.1)
+    doc = series_coldstart([*first, new], {})
+    assert doc["global"]["with_history"]["bucket_accuracy"] == 0.0  # the fleet's bucket: 3
+    assert doc["size"]["with_history"]["bucket_accuracy"] == 1.0  # its peers': 0
+
+
 def test_the_table_says_when_fpstream_learned_from_a_share_of_the_fleet() -> None:
     from rich.console import Console
 
