@@ -51,6 +51,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from river import naive_bayes
@@ -287,7 +288,7 @@ class ColdStart:
             # The newest ``window`` members, oldest first. Instances that start together (a
             # fleet coming up, a trace's first slot) are ordered by the hash of their name, so
             # which of them a full group keeps does not follow their names or arrival order.
-            bisect.insort(members, inst, key=_by_order)
+            bisect.insort(members, inst, key=attrgetter("order"))
             if len(members) > self.window:
                 del members[0]
         while len(self.index) > self.max_keys:
@@ -509,10 +510,6 @@ class ColdStart:
                 "violations": dict(sorted(q.violations.items())),
                 "levels": {lv: {"windows": n, "violations": self.level_viol.get(lv, 0)}
                            for lv, n in sorted(self.level_windows.items())}}
-
-
-def _by_order(inst: InstanceNeed) -> tuple[float, int]:
-    return inst.order
 
 
 def _quantile(values: list[float], q: float) -> float:

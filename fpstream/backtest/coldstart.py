@@ -262,8 +262,7 @@ SERIES_BASELINES: tuple[str, ...] = ("global", "size", "manual")
 
 
 def _size_of(s: Series) -> tuple[float, int]:
-    """A series' provisioned size: its cores and its memory's power of two (the flow's size
-    bucket, ``fpstream.coldstart.size_key``, rounds cores the same way)."""
+    """A series' provisioned size: its cores and the nearest power of two of its memory."""
     mem = s.capacity("mem")
     return (float(s.cpu_cap[0]) if s.cpu_cap is not None else 0.0,
             round(math.log2(mem[0])) if mem is not None and mem[0] > 0 else 0)

@@ -138,6 +138,7 @@ class TraceMessages:
 
     def __iter__(self) -> Iterator[Any]:
         from bytewax.connectors.kafka import KafkaSourceMessage
+        from bytewax.testing import TestingSource
 
         rows = [(int(math.ceil(t / self.slot_s)), float(t), k, i)
                 for k, s in enumerate(self.series) for i, t in enumerate(s.ts)]
@@ -160,8 +161,6 @@ class TraceMessages:
                     offset += 1
                 del pending[:due]
                 if self.pause is not None:
-                    from bytewax.testing import TestingSource
-
                     yield TestingSource.PAUSE(self.pause)
             if start >= len(rows):
                 break
@@ -188,7 +187,8 @@ class FlowOutput:
     apps still active, so ``app_clusters`` keeps each app's cluster in the latest snapshot
     that held it. Each allocation's ``arm`` (its ``policy``) is kept as an index into
     ``arms``; ``experiments`` holds the newest experiment summary of each flow process;
-    ``proactive`` the ``proactive`` allocation documents, per (app, instance)."""
+    ``proactive`` the ``proactive`` allocation documents, per (app, instance); ``processes``
+    how many flow processes shared the series."""
 
     allocations: dict[Key, dict[str, np.ndarray]]
     other: Counter[str]
@@ -198,6 +198,7 @@ class FlowOutput:
     app_clusters: dict[str, int] = field(default_factory=dict)
     arms: list[str] = field(default_factory=list)
     experiments: list[dict[str, Any]] = field(default_factory=list)
+    processes: int = 1
 
 
 def consuming_sink(fn: Callable[[list[Any]], None]) -> Any:
@@ -346,7 +347,7 @@ def sharded_flow_allocations(series: Sequence[Series], settings: Settings, worke
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
-    merged = FlowOutput({}, Counter())
+    merged = FlowOutput({}, Counter(), processes=len(results))
     cluster_defs: list[Any] = []
     for shard in sorted(results):
         got = results[shard]
@@ -710,7 +711,7 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
         # With several flow processes each learns from its share of the fleet only, while
         # the baselines know all of it: the section says so.
         result["cold_start"] = {**series_coldstart(series, flow.proactive),
-                                "flow_processes": min(max(workers, 1), len(series))}
+                                "flow_processes": flow.processes}
     if tuning is not None:
         result["tuning"] = {**tuning, "scored_on": score_on or "all"}
     if experiment is not None and arm_scores is not None:

@@ -41,3 +41,8 @@ def test_the_fitted_prices_are_used_and_reported(result: dict[str, Any]) -> None
     assert result["notes"]["violation_cost"]["cpu_cores"] == tuning["fit"]["cpu"]["cost"]
     # The fit replays the flow's own selector, so the flow lands near the fitted rate.
     assert abs(result["cpu"]["fpstream"]["viol"] - tuning["fit"]["cpu"]["viol"]) < 0.003
+
+
+def test_the_cold_start_section_names_the_flow_processes(result: dict[str, Any]) -> None:
+    assert result["cold_start"]["deployments"] == 8
+    assert result["cold_start"]["flow_processes"] == 2
