@@ -18,7 +18,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from fpstream.events import DeadLetter, DeployRequest
-from fpstream.ingest import AppSeen, Progress, SampleBatch
+from fpstream.ingest import AppSeen, Evict, Progress, SampleBatch
 from fpstream.io.kafka import input_partitions, make_sink, make_source, to_message, to_raw
 from fpstream.io.metrics import FlowMetrics
 from fpstream.io.redis_sink import RedisSink
@@ -40,9 +40,9 @@ def build_flow(
 ) -> Dataflow:
     """Assemble the flow; sources and sinks default to the configured Kafka and Redis.
 
-    ``sources`` are the metric input partitions (``topic:partition``) the model stage waits
-    for before it moves on: by default the metrics topic's partitions when reading Kafka, and
-    those that show up with another source.
+    ``sources`` are the input partitions (``topic:partition``) the model stage waits for
+    before it moves on: by default the metrics and deploys topics' partitions when reading
+    Kafka, and those that show up with another source.
     """
     metrics = metrics if metrics is not None else FlowMetrics()
     if sources is None:
@@ -63,17 +63,24 @@ def build_flow(
     late = op.branch("late", op.key_rm("unkey_windows", windowed),
                      lambda x: isinstance(x, DeadLetter))
     windows = op.key_on("windows_by_app", late.falses, lambda w: w.app)
-    profiles = op.stateful("profile", windows, lambda resume: ProfileLogic(settings, resume))
+    profiled = op.stateful("profile", windows,
+                           lambda resume: ProfileLogic(settings, metrics, resume))
+    profiles = op.branch("failed", op.key_rm("unkey_profiles", profiled),
+                         lambda x: isinstance(x, DeadLetter))
 
-    to_model = op.merge("to_model", op.key_rm("unkey_profiles", profiles), direct.trues)
+    to_model = op.merge("to_model", profiles.falses, direct.trues)
     decided = op.stateful(
         "model", op.key_on("fleet", to_model, lambda _: FLEET_KEY),
         lambda resume: ModelLogic(settings, metrics, resume, sources))
-    outputs = op.map("count", op.key_rm("unkey_model", decided), steps.count_output)
+    model_letters = op.branch("model_errors", op.key_rm("unkey_model", decided),
+                              lambda x: isinstance(x, DeadLetter))
+    outputs = op.map("count", model_letters.falses, steps.count_output)
     # Cluster snapshots and experiment summaries go to Redis only; the rest to Kafka too.
     clusters = op.branch("clusters", outputs, is_redis_only)
 
-    letters = op.map("count_deadletters", op.merge("deadletters", refused.trues, late.trues),
+    letters = op.map("count_deadletters",
+                     op.merge("deadletters", refused.trues, late.trues, profiles.trues,
+                              model_letters.trues),
                      steps.count_deadletter)
     to_kafka = op.merge("to_kafka", clusters.falses, letters)
     op.output("kafka", op.map("encode", to_kafka, lambda e: to_message(e, settings)),
@@ -88,7 +95,7 @@ def _goes_to_model(item: Any) -> bool:
 
 
 def _app_of_batch(batch: Any) -> str:
-    assert isinstance(batch, SampleBatch)  # everything else left at "direct"
+    assert isinstance(batch, SampleBatch | Evict)  # everything else left at "direct"
     return batch.app
 
 

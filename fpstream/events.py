@@ -49,7 +49,9 @@ REASONS: tuple[str, ...] = (
     "unsupported_version",
     "unknown_kind",
     "late",
+    "future",
     "over_capacity",
+    "model_error",
 )
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:/@-]+")
@@ -61,6 +63,15 @@ TS_MIN = 946_684_800.0
 TS_MAX = 4_102_444_800.0
 MAX_INTERVAL_S = 86_400.0
 MAX_LABEL_VALUE_LEN = 256
+
+#: The largest plausible value of a gauge, by what it measures (``metric_bound``): a value
+#: beyond it is a unit mistake or a broken agent, and would overflow the models' arithmetic.
+MAX_CORES = 1e5
+MAX_BYTES = float(2**60)
+MAX_RATE = 1e15
+#: A usage more than this many times the capacity declared for the same gauge is refused too
+#: (real traces show memory up to a few hundred times a VM's provisioned size, never more).
+CAPACITY_MULTIPLE = 1000.0
 
 Kind = Literal["metric", "deploy"]
 
@@ -265,9 +276,23 @@ def _parse_object(obj: object, kind: Kind | None, limits: Limits) -> MetricSampl
             raise _Invalid("out_of_range", f"'interval_s' must be in (0, 86400], got {interval}")
         metrics = _gauges(obj, "metrics", limits, required=True)
         capacity = _gauges(obj, "capacity", limits, required=False)
+        _within_capacity(metrics, capacity)
         return MetricSample(ts, app, instance, metrics, interval, labels, capacity)
     requested = _gauges(obj, "requested", limits, required=False)
     return DeployRequest(ts, app, instance, labels, requested)
+
+
+def metric_bound(name: str) -> float:
+    """The largest value ``name`` may take: cores, bytes, or any other rate or count.
+
+    >>> metric_bound("cpu_cores"), metric_bound("mem_bytes") == 2**60, metric_bound("app.qps")
+    (100000.0, True, 1000000000000000.0)
+    """
+    if name == "cpu_cores":
+        return MAX_CORES
+    if name.endswith("_bytes"):
+        return MAX_BYTES
+    return MAX_RATE
 
 
 def _json_type(value: object) -> str:
@@ -373,8 +398,20 @@ def _gauges(obj: dict[str, Any], name: str, limits: Limits, required: bool) -> d
             raise _Invalid("non_finite", f"{name}.{key} is {number}")
         if number < 0:
             raise _Invalid("negative", f"{name}.{key} is {number:.6g}, must be >= 0")
+        if number > metric_bound(key):
+            detail = f"{name}.{key} is {number:.6g}, above the plausible {metric_bound(key):.6g}"
+            raise _Invalid("out_of_range", detail)
         out[key] = number
     return out
+
+
+def _within_capacity(metrics: dict[str, float], capacity: dict[str, float]) -> None:
+    for key, limit in capacity.items():
+        value = metrics.get(key)
+        if value is not None and limit > 0 and value > CAPACITY_MULTIPLE * limit:
+            detail = (f"metrics.{key} is {value:.6g}, more than {CAPACITY_MULTIPLE:g} times "
+                      f"its declared capacity {limit:.6g}")
+            raise _Invalid("out_of_range", detail)
 
 
 def event_from_dict(doc: Mapping[str, Any]) -> Event:

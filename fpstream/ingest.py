@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
+
+import orjson
 
 from fpstream.events import (
     DeadLetter,
@@ -69,8 +72,20 @@ class AppSeen:
     ts: float
 
 
+@dataclass(frozen=True, slots=True)
+class Evict:
+    """An app pushed out of the process's budget of apps (``max_apps``): the per-app steps
+    drop its state, least recently seen first, so memory stays bounded however many
+    distinct apps arrive."""
+
+    app: str
+
+
 Marker = Progress | AppSeen
-Decoded = SampleBatch | DeployRequest | DeadLetter | Marker
+Decoded = SampleBatch | DeployRequest | DeadLetter | Marker | Evict
+
+#: Default for how far (seconds) a sample may be stamped ahead of its message's timestamp.
+MAX_FUTURE_S = 300.0
 
 
 #: A dead letter carries at most this much of the refused message (so that it always fits in a
@@ -88,52 +103,98 @@ def dead_letter(origin: Origin, reason: str, error: str, raw: bytes | None) -> D
                       raw_b64)
 
 
-def decode_raw(msg: RawMessage, kind: Kind, limits: Limits) -> list[Decoded]:
+def item_letter(ts: float, reason: str, error: str, doc: dict[str, object]) -> DeadLetter:
+    """A dead letter for an item the flow made itself (a window, a profile snapshot), which has
+    no Kafka origin: ``raw_b64`` holds ``doc``, a compact JSON description of it."""
+    return dead_letter(Origin(None, None, None, ts), reason, error, orjson.dumps(doc))
+
+
+def decode_raw(msg: RawMessage, kind: Kind, limits: Limits, max_future_s: float = MAX_FUTURE_S,
+               now: float | None = None) -> list[Decoded]:
     """Decode one message; every refused object becomes a dead letter with its reason.
 
-    Samples are grouped per app so that downstream work is per batch, not per sample.
+    An event stamped more than ``max_future_s`` after its message's timestamp (the broker's or
+    producer's, which a replay reproduces; ``now``, the caller's clock, when the message has
+    none) is refused as ``future``: one such event would otherwise move its app's event clock
+    far ahead and make every later sample of the app late. Samples are grouped per app so that
+    downstream work is per batch, not per sample.
     """
     result = decode_message(msg.value, kind, limits)
     out: list[Decoded] = [_refused(msg, err) for err in result.errors]
+    reference = msg.origin.ts if msg.origin.ts > 0 else now
+    events = result.events
+    if reference is not None:
+        horizon = reference + max_future_s
+        if any(e.ts > horizon for e in events):
+            out.extend(_future(msg.origin, e, reference, max_future_s)
+                       for e in events if e.ts > horizon)
+            events = [e for e in events if e.ts <= horizon]
     if kind == "deploy":
-        out.extend(e for e in result.events if isinstance(e, DeployRequest))
+        out.extend(e for e in events if isinstance(e, DeployRequest))
         return out
     by_app: dict[str, list[MetricSample]] = {}
-    for event in result.events:
+    for event in events:
         assert isinstance(event, MetricSample)
         by_app.setdefault(event.app, []).append(event)
     out.extend(SampleBatch(app, samples, msg.origin) for app, samples in by_app.items())
     return out
 
 
-class ProgressTracker:
-    """Per input partition, the newest sample time read; emits markers as it moves on.
+def _future(origin: Origin, event: MetricSample | DeployRequest, reference: float,
+            max_future_s: float) -> DeadLetter:
+    whose = "its message's timestamp" if origin.ts > 0 else "the clock (the message has none)"
+    detail = (f"{event.app}/{event.instance} at ts={event.ts:.3f} is {event.ts - reference:.0f} s "
+              f"ahead of {whose}; at most max_future_s={max_future_s:g} is accepted")
+    return dead_letter(origin, "future", detail, encode(event))
 
-    A plain per-process cache, not recovered state: after a restart it starts again and the
-    markers it re-sends change nothing.
+
+class ProgressTracker:
+    """Per input partition, the newest event time read; per app, when it was last read.
+
+    It emits markers as the input moves on: ``Progress`` for a partition, ``AppSeen`` for an
+    app it has not read lately, and ``Evict`` for the least recently read app once more than
+    ``max_apps`` are held, so the per-app steps downstream hold at most that many apps of this
+    process. A plain per-process cache, not recovered state: after a restart it starts again
+    and the markers it re-sends change nothing.
     """
 
-    def __init__(self, lateness_s: float, step_s: float = 30.0) -> None:
+    def __init__(self, lateness_s: float, step_s: float = 30.0, max_apps: int = 100_000) -> None:
+        if isinstance(max_apps, bool) or not isinstance(max_apps, int) or max_apps < 1:
+            raise ValueError(f"max_apps must be a positive integer, got {max_apps!r}")
         self.lateness_s = lateness_s
         self.step_s = step_s
+        self.max_apps = max_apps
         self.newest: dict[str, float] = {}
         self.sent: dict[str, float] = {}
-        self.apps: set[str] = set()
+        self.apps: OrderedDict[str, None] = OrderedDict()  # least recently read first
 
-    def observe(self, origin: Origin, batches: list[SampleBatch]) -> list[Marker]:
-        out: list[Marker] = []
+    def observe(self, origin: Origin, batches: list[SampleBatch]) -> list[Marker | Evict]:
+        out: list[Marker | Evict] = []
         newest = self.newest.get(origin.source, -math.inf)
-        for batch in batches:
-            times = [s.ts for s in batch.samples]
-            if batch.app not in self.apps:
-                self.apps.add(batch.app)
-                out.append(AppSeen(batch.app, min(times)))
-            newest = max(newest, max(times))
+        apps = self.apps
+        new: list[SampleBatch] = []
+        for batch in batches:  # the message's known apps first, so none of them is evicted
+            if batch.app in apps:
+                apps.move_to_end(batch.app)
+            else:
+                new.append(batch)
+            newest = max(newest, max(s.ts for s in batch.samples))
+        for batch in new:
+            apps[batch.app] = None
+            out.append(AppSeen(batch.app, min(s.ts for s in batch.samples)))
+            if len(apps) > self.max_apps:
+                out.append(Evict(apps.popitem(last=False)[0]))
+        out.extend(self.advance(origin, newest))
+        return out
+
+    def advance(self, origin: Origin, newest: float) -> list[Marker | Evict]:
+        """The partition of ``origin`` has been read up to event time ``newest``."""
+        newest = max(newest, self.newest.get(origin.source, -math.inf))
         self.newest[origin.source] = newest
         if newest - self.sent.get(origin.source, -math.inf) >= self.step_s:
             self.sent[origin.source] = newest
-            out.append(Progress(origin.source, newest - self.lateness_s))
-        return out
+            return [Progress(origin.source, newest - self.lateness_s)]
+        return []
 
 
 def _refused(msg: RawMessage, err: DecodeError) -> DeadLetter:

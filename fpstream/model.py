@@ -6,24 +6,35 @@ instance per closed window, far fewer than raw samples, and global models learn 
 Determinism. Windows of different apps reach this stage in an order that depends on how
 partitions were spread over workers and how fast each worker went, but each app's own snapshots
 arrive in event-time order (one worker owns an app). So the stage keeps every app's newest event
-time and processes buffered snapshots in ``(ts, app, instance)`` order only below the slowest
-active app's newest time (a low watermark, as in Flink or Beam), and everything at end of
-stream. A replay therefore gives the same allocations on one process or several, however far
-one worker runs ahead, for every app the stage knows of: an app joins when its first snapshot
-or its deploy request arrives, and a brand-new app that sends samples without announcing
-itself may find the fleet's models already past its first windows (those snapshots are
-counted as ``out_of_order``). An app that has sent nothing for ``idle_s`` seconds of arrival
-time stops holding the watermark back (the idleness rule of those systems), so a dead agent
-does not stall the fleet; arrival time is passed in by the caller and decides only when
-snapshots are processed, never what is learned from them. Deploy requests do not wait: they
-are answered on arrival.
+time and the progress of every input partition, and applies what it buffered in event-time
+order only below the slowest of them (a low watermark, as in Flink or Beam), and everything at
+end of stream. Windows are applied a decision period at a time, once the watermark has passed
+the period's end: decisions are made at period ends anyway. A deploy request stamped within a
+period is answered from the state at that period's start (every window up to it applied, none
+after), as soon as the watermark has passed that start: usually on arrival, at most about the
+watermark's lag (``allowed_lateness_s`` plus a window) after it. So a replay gives the same
+allocations, proactive ones included, on one process or several, after a restart from a
+snapshot, however far one worker runs ahead. An app joins the watermark when its first snapshot
+or its deploy request arrives, or its first sample is read; a brand-new app that sends samples
+without announcing itself may find the stage already past its first windows (those snapshots
+are counted as ``out_of_order``). An app or partition that has sent nothing for ``idle_s``
+seconds of arrival time stops holding the watermark back (the idleness rule of those systems),
+so a dead agent does not stall the fleet; arrival time is passed in by the caller and decides
+only when items are applied, never what is learned from them.
+
+Containment. An exception while one window is learned from or decided on, or one deploy request
+is answered, is contained: the item comes back as a ``model_error`` dead letter, the instance's
+state is dropped (it starts afresh with its next window), and the stage goes on.
+
+Bounded. At most ``max_apps`` apps are held; the least recently active one (in event-time
+order) is evicted first.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,9 +45,10 @@ from fpstream.anomaly import ResidualDetector
 from fpstream.catalog import Catalog
 from fpstream.clustering import FleetClusters
 from fpstream.coldstart import ColdStart
-from fpstream.events import RESOURCES, Allocation, Anomaly, DeployRequest
+from fpstream.events import RESOURCES, Allocation, Anomaly, DeadLetter, DeployRequest
 from fpstream.experiment import Experiment, ExperimentSnapshot, score_period
 from fpstream.fingerprint import Fingerprinter
+from fpstream.ingest import item_letter
 from fpstream.policy import Policy, changed_materially
 from fpstream.predict import NeedPredictor
 from fpstream.profile import ProfileSnapshot
@@ -75,7 +87,10 @@ class ClusterSnapshot:
     apps: dict[str, int]
 
 
-Output = Allocation | Anomaly | ClusterSnapshot | ExperimentSnapshot
+Output = Allocation | Anomaly | ClusterSnapshot | ExperimentSnapshot | DeadLetter
+
+# Within a decision period, deploy requests come before windows (see the module docstring).
+_DEPLOY, _WINDOW = 0, 1
 
 #: Resources an experiment period is scored on (window peak against the reserve in force).
 SCORED_RESOURCES: tuple[str, ...] = ("cpu_cores", "mem_bytes")
@@ -135,10 +150,11 @@ class ModelConfig:
 class StageStats:
     """Counters the flow turns into Prometheus metrics after each call."""
 
-    out_of_order: int = 0  # snapshots that arrived after the stage had passed their time
+    out_of_order: int = 0  # items that arrived after the stage had passed their time
     expired_instances: int = 0
     expired_apps: int = 0
     evicted_apps: int = 0
+    errors: int = 0  # exceptions contained (each item became a model_error dead letter)
 
 
 class ModelStage:
@@ -153,15 +169,20 @@ class ModelStage:
         self.experiment = (experiment if experiment is not None
                            else Experiment("default", [policy], mode="off"))
         self.fingerprinter = Fingerprinter(dims=config.dims, seed=config.seed)
-        self.clusters = FleetClusters(k=config.n_clusters, seed=config.seed)
+        self.clusters = FleetClusters(k=config.n_clusters, seed=config.seed,
+                                      max_keys=config.max_apps)
         self.predictor = NeedPredictor(quantile=policy.quantile, seed=config.seed, lr=0.003)
         self.detector = ResidualDetector(threshold=config.anomaly_threshold)
-        self.coldstart = ColdStart(seed=config.seed)
+        self.coldstart = ColdStart(seed=config.seed, max_keys=config.max_apps,
+                                   max_instances=config.max_apps)
         self.instances: dict[tuple[str, str], InstanceState] = {}
-        self.apps: dict[str, set[str]] = {}
+        # app -> its instances, the least recently active app first
+        self.apps: OrderedDict[str, set[str]] = OrderedDict()
         self.error = {r: stats.Mean() for r in RESOURCES}
         self.stats = StageStats()
-        self._buffer: list[tuple[float, str, str, int, ProfileSnapshot]] = []
+        # (period start, deploy or window, ts, app, instance, arrival, item)
+        self._buffer: list[tuple[float, int, float, str, str, int,
+                                 ProfileSnapshot | DeployRequest]] = []
         self._arrivals = 0
         self._app_ts: dict[str, float] = {}  # newest snapshot time per active app
         self._app_arrival: dict[str, float] = {}  # when it arrived (caller's clock)
@@ -170,7 +191,8 @@ class ModelStage:
         self._source_ts: dict[str, float] = dict.fromkeys(sources, -math.inf)
         self._source_arrival: dict[str, float | None] = dict.fromkeys(sources)
         self._first_arrival: float | None = None
-        self._drained = -math.inf
+        self._drained = -math.inf  # the newest window applied
+        self._applied = -math.inf  # how far in event time the applied items reach
         self._next_recluster: float | None = None
 
     # -- entry points ---------------------------------------------------------------------
@@ -180,13 +202,23 @@ class ModelStage:
 
         ``arrived`` is the caller's clock (seconds), used only to tell idle apps.
         """
-        self._arrivals += 1
         self._heard(arrived)
-        if snap.ts < self._drained:
-            self.stats.out_of_order += 1
-        heapq.heappush(self._buffer, (snap.ts, snap.app, snap.instance, self._arrivals, snap))
+        self._push(_WINDOW, snap)
         self._join(snap.app, snap.ts, arrived)
         return self._drain(self.low_watermark(arrived), inclusive=False)
+
+    def _push(self, rank: int, item: ProfileSnapshot | DeployRequest) -> None:
+        self._arrivals += 1
+        start = self._period_start(item.ts)
+        if start < self._applied:
+            self.stats.out_of_order += 1
+        heapq.heappush(self._buffer, (start, rank, item.ts, item.app, item.instance,
+                                      self._arrivals, item))
+
+    def _period_start(self, ts: float) -> float:
+        """The start of the decision period ``(start, start + period]`` that holds ``ts``."""
+        period = self.config.decision_period_s
+        return (math.ceil(ts / period) - 1) * period
 
     def on_progress(self, source: str, ts: float, arrived: float = 0.0) -> list[Output]:
         """An input partition has been read up to ``ts``."""
@@ -205,6 +237,15 @@ class ModelStage:
     def _heard(self, arrived: float) -> None:
         if self._first_arrival is None:
             self._first_arrival = arrived
+
+    def resumed(self, now: float) -> None:
+        """After a restart from a snapshot: arrival times came from another process's clock
+        (maybe another machine's), so every app and partition counts as just heard from."""
+        self._app_arrival = dict.fromkeys(self._app_arrival, now)
+        self._source_arrival = {src: None if at is None else now
+                                for src, at in self._source_arrival.items()}
+        if self._first_arrival is not None:
+            self._first_arrival = now
 
     def on_idle(self, now: float) -> list[Output]:
         """Called when nothing arrived for a while: idle apps stop holding others back."""
@@ -232,6 +273,7 @@ class ModelStage:
             elif now - self._app_arrival[app] > self.config.idle_s:
                 heapq.heappop(self._low)
                 del self._app_ts[app]  # idle: it rejoins with its next snapshot
+                del self._app_arrival[app]
             else:
                 return ts
         return math.inf  # no active app: nothing can still arrive before what is buffered
@@ -245,16 +287,21 @@ class ModelStage:
         return out
 
     def on_deploy(self, req: DeployRequest, arrived: float = 0.0) -> list[Output]:
-        """Answer a deploy request at once with a ``proactive`` allocation.
-
-        Its id ends in ``/0``: a proactive allocation precedes every resize of the instance
-        (sequence 1 on), so a late or redelivered request can never override a resize, and the
-        resizes do not depend on when the request arrived.
-        """
+        """Buffer a deploy request; it is answered in event-time order (module docstring)."""
+        self._heard(arrived)
         if req.app not in self.apps:
             # A new app joins the low watermark from its announcement, so that its first
             # windows are not overtaken by apps on a faster worker.
             self._join(req.app, req.ts, arrived)
+        self._push(_DEPLOY, req)
+        return self._drain(self.low_watermark(arrived), inclusive=False)
+
+    def _answer(self, req: DeployRequest) -> list[Output]:
+        """Answer a deploy request with a ``proactive`` allocation.
+
+        Its id ends in ``/0``: a proactive allocation precedes every resize of the instance
+        (sequence 1 on), so a late or redelivered request can never override a resize.
+        """
         inst = self.instances.get((req.app, req.instance))
         if inst is not None and inst.proactive_sent:
             return []  # a redelivered request changes nothing
@@ -270,8 +317,8 @@ class ModelStage:
         if inst is None:
             inst = self._instance(req.app, req.instance, req.ts)
         inst.proactive_sent = True
-        # The instance's arm, looked up without drawing from the bandit: a request is answered
-        # on arrival, and the experiment must change only in event-time order.
+        # The instance's arm, looked up without drawing from the bandit: the bandit draws
+        # when the instance's periods are decided.
         arm = self.experiment.peek(req.app, req.instance)
         decision = arm.decide(need, self.catalog)
         # Cold-start feedback: the proactive reserve is scored over the first hour.
@@ -282,14 +329,43 @@ class ModelStage:
     # -- ordered processing ---------------------------------------------------------------
 
     def _drain(self, until: float, inclusive: bool = True) -> list[Output]:
+        """Apply buffered items in order: a deploy request once ``until`` has passed its
+        period's start, a window once it has passed its period's end (everything with
+        ``inclusive``)."""
         out: list[Output] = []
-        while self._buffer and (self._buffer[0][0] < until or
-                                (inclusive and self._buffer[0][0] == until)):
-            snap = heapq.heappop(self._buffer)[-1]
-            self._drained = max(self._drained, snap.ts)
-            out.extend(self._maybe_recluster(snap.ts))
-            out.extend(self._process(snap))
+        period = self.config.decision_period_s
+        buffer = self._buffer
+        while buffer:
+            start, rank, ts = buffer[0][:3]
+            due = start if rank == _DEPLOY else start + period
+            if not (inclusive or due < until):
+                break
+            item = heapq.heappop(buffer)[-1]
+            self._applied = max(self._applied, start if rank == _DEPLOY else ts)
+            if rank == _WINDOW:
+                assert isinstance(item, ProfileSnapshot)
+                self._drained = max(self._drained, ts)
+                out.extend(self._maybe_recluster(ts))
+            out.extend(self._contained(item))
         return out
+
+    def _contained(self, item: ProfileSnapshot | DeployRequest) -> list[Output]:
+        try:
+            if isinstance(item, DeployRequest):
+                return self._answer(item)
+            return self._process(item)
+        except Exception as ex:  # noqa: BLE001 - no item may stop the stage
+            self.stats.errors += 1
+            key = (item.app, item.instance)
+            if key in self.instances:
+                self._drop_instance(key)
+            what = "deploy request" if isinstance(item, DeployRequest) else "window"
+            doc: dict[str, object] = {"app": item.app, "instance": item.instance, "ts": item.ts,
+                                      "item": what}
+            if isinstance(item, ProfileSnapshot):
+                doc["peak"] = item.peak
+            error = f"step model: {type(ex).__name__}: {ex} (the {what}'s instance starts afresh)"
+            return [item_letter(item.ts, "model_error", error, doc)]
 
     def _process(self, snap: ProfileSnapshot) -> list[Output]:
         x = profile_vector(snap)
@@ -301,6 +377,8 @@ class ModelStage:
         inst = self.instances.get((snap.app, snap.instance))
         if inst is None:
             inst = self._instance(snap.app, snap.instance, snap.ts)
+        else:
+            self.apps.move_to_end(snap.app)
         inst.last_ts = snap.ts
         period = self.config.decision_period_s
         out: list[Output] = []
@@ -422,6 +500,7 @@ class ModelStage:
                           for r, cost in self.config.violation_cost}
         self.instances[(app, instance)] = inst
         self.apps.setdefault(app, set()).add(instance)
+        self.apps.move_to_end(app)
         return inst
 
     # -- housekeeping -----------------------------------------------------------------------
@@ -480,8 +559,7 @@ class ModelStage:
                 self.stats.expired_apps += 1
 
     def _evict_oldest_app(self) -> None:
-        oldest = min(self.apps, key=lambda a: max(self.instances[(a, i)].last_ts
-                                                  for i in self.apps[a]))
+        oldest = next(iter(self.apps))  # the least recently active
         for instance in sorted(self.apps[oldest]):
             self._drop_instance((oldest, instance))
         self.stats.evicted_apps += 1

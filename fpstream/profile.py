@@ -11,8 +11,8 @@ peaks. Everything is indexed by event time, so a replay gives the same snapshots
 >>> wf = WindowFeatures("a", "i", 0.0, 60.0, 1, {"cpu_cores.max": 2.0}, {"cpu_cores": 2.0},
 ...                     {"cpu_cores": 2.0}, {}, {})
 >>> snap = p.update(wf)
->>> snap.smoothed["cpu_cores.max"], snap.recent_peak["cpu_cores"], snap.period_s
-(2.0, 2.0, 0.0)
+>>> float(snap.smoothed[FEATURE_INDEX["cpu_cores.max"]]), snap.recent_peak["cpu_cores"]
+(2.0, 2.0)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fpstream.events import RESOURCES
-from fpstream.features import FEATURE_INDEX, FEATURE_ORDER, WindowFeatures, feature_vector
+from fpstream.features import FEATURE_INDEX, WindowFeatures, feature_vector
 
 HOUR = 3600.0
 DAY = 86_400.0
@@ -36,11 +36,12 @@ _PEAK_FEATURES = np.array([FEATURE_INDEX[f"{r}.max"] for r in RESOURCES])
 _NR = len(RESOURCES)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ProfileSnapshot:
     """An app as seen at the end of one instance's window ``ts``.
 
-    ``smoothed`` is app-wide (all instances' windows), keyed by ``FEATURE_ORDER``.
+    ``smoothed`` is app-wide (all instances' windows), a vector laid out over
+    ``FEATURE_ORDER`` (a copy: the profile goes on learning).
     ``period_s`` is 0 while no candidate period reaches ``min_strength``; ``period_strength``
     is the best candidate's autocorrelation either way. ``trend`` is the relative change per
     day of the app's demand series (0.1 = +10 % of its mean per day); ``resource_trend`` the
@@ -55,7 +56,7 @@ class ProfileSnapshot:
     app: str
     instance: str
     ts: float
-    smoothed: dict[str, float]
+    smoothed: np.ndarray
     period_s: float
     period_strength: float
     trend: float
@@ -66,6 +67,15 @@ class ProfileSnapshot:
     labels: dict[str, str]
     capacity: dict[str, float]
     windows: int
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProfileSnapshot):
+            return NotImplemented
+        return all(
+            np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+            for a, b in ((getattr(self, f), getattr(other, f)) for f in self.__slots__))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable dicts inside, as before
 
 
 class _Instance:
@@ -196,7 +206,7 @@ class AppProfile:
             app=wf.app,
             instance=wf.instance,
             ts=wf.end,
-            smoothed=dict(zip(FEATURE_ORDER, self._smoothed.tolist(), strict=True)),
+            smoothed=self._smoothed.copy(),
             period_s=self._period_s,
             period_strength=self._strength,
             trend=self._trend,

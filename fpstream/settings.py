@@ -81,6 +81,8 @@ class Settings:
     window_s: float = 60.0
     decision_period_s: float = 300.0
     allowed_lateness_s: float = 30.0
+    # A sample or deploy stamped more than this after its message's timestamp is refused.
+    max_future_s: float = 300.0
     idle_s: float = 30.0
     # Learning and policy
     seed: int = 42
@@ -165,7 +167,7 @@ def _validate(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"setting {name} must be > 0, got {getattr(s, name)!r}")
-    for name in ("allowed_lateness_s", "idle_s"):
+    for name in ("allowed_lateness_s", "idle_s", "max_future_s"):
         if getattr(s, name) < 0:
             raise SettingsError(f"setting {name} must be >= 0, got {getattr(s, name)!r}")
     if s.decision_period_s < s.window_s:

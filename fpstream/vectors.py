@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from fpstream.features import FEATURE_INDEX, FEATURE_ORDER
+from fpstream.features import FEATURE_INDEX
 from fpstream.predict import BASELINE, noise_floor
 from fpstream.profile import ProfileSnapshot
 
@@ -24,10 +24,7 @@ SHAPE_FEATURES: tuple[str, ...] = ("period_strength", "period_days", "trend")
 
 
 def smoothed_vector(snap: ProfileSnapshot) -> np.ndarray:
-    smoothed = snap.smoothed
-    if isinstance(smoothed, np.ndarray):
-        return smoothed.astype(np.float64, copy=False)
-    return np.array([smoothed.get(name, 0.0) for name in FEATURE_ORDER], dtype=np.float64)
+    return np.asarray(snap.smoothed, dtype=np.float64)
 
 
 def profile_vector(snap: ProfileSnapshot) -> np.ndarray:

@@ -109,13 +109,15 @@ def read_to_end(config: dict[str, Any], topic: str, timeout: float = 30.0) -> li
 
 
 def input_partitions(settings: Settings, timeout: float = 10.0) -> list[str]:
-    """``topic:partition`` for every partition of the metrics topic."""
+    """``topic:partition`` for every partition of the metrics and deploys topics."""
     admin = AdminClient(settings.kafka_config())
-    topic = admin.list_topics(settings.topic_metrics, timeout=timeout).topics.get(
-        settings.topic_metrics)
-    if topic is None or topic.error is not None:
-        return []
-    return [f"{settings.topic_metrics}:{p}" for p in sorted(topic.partitions)]
+    meta = admin.list_topics(timeout=timeout).topics
+    out: list[str] = []
+    for name in (settings.topic_metrics, settings.topic_deploys):
+        topic = meta.get(name)
+        if topic is not None and topic.error is None:
+            out.extend(f"{name}:{p}" for p in sorted(topic.partitions))
+    return out
 
 
 def missing_topics(settings: Settings, names: list[str], timeout: float = 10.0) -> list[str]:

@@ -13,6 +13,9 @@ from fpstream.events import REASONS, RESOURCES
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: The stateful steps, as the eviction and error counters label them.
+STATE_STEPS: tuple[str, ...] = ("window", "profile", "model")
+
 _LATENCY_BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0)
 
 
@@ -41,6 +44,14 @@ class FlowMetrics:
         self.windows = Counter(
             "fpstream_window_closed_total", "Windows closed (one per instance and window).",
             registry=r)
+        self.evictions = Counter(
+            "fpstream_state_evictions_total",
+            "Apps whose state a step dropped to stay within max_apps (least recently seen "
+            "first), by step.", ["step"], registry=r)
+        self.step_errors = Counter(
+            "fpstream_step_errors_total",
+            "Exceptions contained in a step: the item went to the dead-letter topic as "
+            "model_error and the flow went on, by step.", ["step"], registry=r)
         self.apps = Gauge(
             "fpstream_model_apps", "Applications tracked by the model stage.", registry=r)
         self.instances = Gauge(
@@ -111,6 +122,9 @@ class FlowMetrics:
             self.deadletters.labels(reason)
         for resource in RESOURCES:
             self.mae.labels(resource)
+        for step in STATE_STEPS:
+            self.evictions.labels(step)
+            self.step_errors.labels(step)
         for kind in ("proactive", "resize"):
             self.allocations.labels(kind)
         for severity in ("warn", "critical"):

@@ -6,6 +6,7 @@ end-of-stream flush, idle expiry); the maths stays in the core modules.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import time
 from collections.abc import Iterable, Sequence
@@ -21,11 +22,13 @@ from fpstream.features import WindowFeatures
 from fpstream.ingest import (
     AppSeen,
     Decoded,
+    Evict,
     Progress,
     ProgressTracker,
     RawMessage,
     SampleBatch,
     decode_raw,
+    item_letter,
     sample_letters,
 )
 from fpstream.io.metrics import FlowMetrics
@@ -35,6 +38,8 @@ from fpstream.profile import AppProfile, ProfileSnapshot
 from fpstream.settings import Settings
 from fpstream.windows import AppWindows
 
+log = logging.getLogger("fpstream.flow")
+
 
 class Steps:
     """The stateless steps of the flow, bound to settings and metrics."""
@@ -43,21 +48,27 @@ class Steps:
         self.settings = settings
         self.metrics = metrics
         self.limits = settings.limits
-        self.progress = ProgressTracker(settings.allowed_lateness_s)
+        self.progress = ProgressTracker(settings.allowed_lateness_s, max_apps=settings.max_apps)
         # Bound once: a labelled child looked up per message costs more than the increment.
         self._messages = {k: metrics.messages.labels(k) for k in ("metric", "deploy")}
 
     def decode(self, msg: RawMessage) -> list[Decoded]:
         kind: Kind = "deploy" if msg.origin.topic == self.settings.topic_deploys else "metric"
         self._messages[kind].inc()
-        items = decode_raw(msg, kind, self.limits)
+        # The wall clock only stands in for a message without a timestamp (``future``).
+        now = time.time() if msg.origin.ts <= 0 else None
+        items = decode_raw(msg, kind, self.limits, self.settings.max_future_s, now)
         batches = [i for i in items if isinstance(i, SampleBatch)]
         if len(batches) != len(items):  # a deploy request or refused objects
+            deploys = []
             for item in items:
                 if isinstance(item, DeployRequest):
                     self.metrics.deploys.inc()
+                    deploys.append(item.ts)
                 elif isinstance(item, DeadLetter):
                     self.metrics.decode_errors.labels(item.reason).inc()
+            if deploys:  # the model stage orders deploy requests by event time too
+                items.extend(self.progress.advance(msg.origin, max(deploys)))
         if batches:
             self.metrics.samples.inc(sum(len(b.samples) for b in batches))
             items.extend(self.progress.observe(msg.origin, batches))
@@ -89,19 +100,66 @@ class _Pickled(StatefulLogic[Any, Any, bytes]):
         return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+class _Contained:
+    """Counts and logs an exception a step contained: the first few with their traceback,
+    then one line in a thousand, so a stream of poison cannot flood the log."""
+
+    def __init__(self, step: str, metrics: FlowMetrics) -> None:
+        self.step = step
+        self.counter = metrics.step_errors.labels(step)
+        self.seen = 0
+
+    def __call__(self, what: str, ex: BaseException) -> str:
+        self.counter.inc()
+        self.seen += 1
+        error = f"step {self.step}: {type(ex).__name__}: {ex}"
+        if self.seen <= 10:
+            log.error("%s (%s); it goes to the dead-letter topic as model_error", error, what,
+                      exc_info=ex)
+        elif self.seen % 1000 == 0:
+            log.error("%s (%s); %d contained so far", error, what, self.seen)
+        return error
+
+
+def _window_doc(wf: WindowFeatures) -> dict[str, object]:
+    return {"app": wf.app, "instance": wf.instance, "start": wf.start, "end": wf.end,
+            "n": wf.n, "peak": wf.peak}
+
+
 class WindowLogic(_Pickled):
-    """Per app: event-time windows; late samples leave as dead letters, never dropped."""
+    """Per app: event-time windows; late samples leave as dead letters, never dropped.
+
+    An ``Evict`` closes the app's open windows and drops its state. An exception while
+    windowing a batch is contained: the batch's samples go to the dead-letter topic as
+    ``model_error``, the app's window state starts afresh, and the flow goes on.
+    """
 
     def __init__(self, settings: Settings, metrics: FlowMetrics, resume: bytes | None) -> None:
         self.metrics = metrics
+        self.settings = settings
         self.idle = timedelta(seconds=settings.app_ttl_s)
         self.state: AppWindows = (pickle.loads(resume) if resume is not None else
-                                  AppWindows(settings.window_s, settings.allowed_lateness_s))
+                                  self._fresh())
         self._touched = datetime.now(UTC)
+        self._contained = _Contained("window", metrics)
 
-    def on_item(self, value: SampleBatch) -> tuple[Iterable[Any], bool]:
+    def _fresh(self) -> AppWindows:
+        return AppWindows(self.settings.window_s, self.settings.allowed_lateness_s)
+
+    def on_item(self, value: SampleBatch | Evict) -> tuple[Iterable[Any], bool]:
         self._touched = datetime.now(UTC)
-        out = self.state.add_many(value.samples)
+        if isinstance(value, Evict):
+            closed = self.state.flush()
+            self.metrics.windows.inc(len(closed))
+            self.metrics.evictions.labels("window").inc()
+            return [*closed, value], StatefulLogic.DISCARD
+        try:
+            out = self.state.add_many(value.samples)
+        except Exception as ex:  # noqa: BLE001 - no sample may stop the flow
+            error = self._contained(f"{len(value.samples)} samples of {value.app}", ex)
+            self.state = self._fresh()
+            return sample_letters(value.samples, value.origin, "model_error", error), \
+                StatefulLogic.RETAIN
         emitted: list[Any] = list(out.closed)
         if out.late:
             self.metrics.late.inc(len(out.late))
@@ -130,17 +188,35 @@ class WindowLogic(_Pickled):
 
 
 class ProfileLogic(_Pickled):
-    """Per app: the smoothed profile and its periodicity history."""
+    """Per app: the smoothed profile and its periodicity history.
 
-    def __init__(self, settings: Settings, resume: bytes | None) -> None:
+    An ``Evict`` drops the app's profile. An exception while learning a window is contained:
+    the window goes to the dead-letter topic as ``model_error`` and the profile starts afresh.
+    """
+
+    def __init__(self, settings: Settings, metrics: FlowMetrics, resume: bytes | None) -> None:
+        self.metrics = metrics
+        self.settings = settings
         self.idle = timedelta(seconds=settings.app_ttl_s)
-        self.state: AppProfile = pickle.loads(resume) if resume is not None else AppProfile(
-            decision_period_s=settings.decision_period_s)
+        self.state: AppProfile = pickle.loads(resume) if resume is not None else self._fresh()
         self._touched = datetime.now(UTC)
+        self._contained = _Contained("profile", metrics)
 
-    def on_item(self, value: WindowFeatures) -> tuple[Iterable[ProfileSnapshot], bool]:
+    def _fresh(self) -> AppProfile:
+        return AppProfile(decision_period_s=self.settings.decision_period_s)
+
+    def on_item(self, value: WindowFeatures | Evict) -> tuple[Iterable[Any], bool]:
         self._touched = datetime.now(UTC)
-        return [self.state.update(value)], StatefulLogic.RETAIN
+        if isinstance(value, Evict):
+            self.metrics.evictions.labels("profile").inc()
+            return [], StatefulLogic.DISCARD
+        try:
+            return [self.state.update(value)], StatefulLogic.RETAIN
+        except Exception as ex:  # noqa: BLE001 - no window may stop the flow
+            error = self._contained(f"window of {value.app}/{value.instance}", ex)
+            self.state = self._fresh()
+            return [item_letter(value.end, "model_error", error, _window_doc(value))], \
+                StatefulLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[ProfileSnapshot], bool]:
         return [], StatefulLogic.DISCARD
@@ -157,12 +233,13 @@ class ModelLogic(_Pickled):
         self.metrics = metrics
         if resume is not None:
             self.state: ModelStage = pickle.loads(resume)
+            self.state.resumed(time.monotonic())
         else:
             catalog = Catalog.load(settings.catalog_path)
             policy = Policy(quantile=settings.target_quantile, headroom=settings.headroom)
             self.state = ModelStage(ModelConfig.from_settings(settings), catalog, policy,
                                     sources, experiment_of(settings, policy))
-        self._reported = (0, 0, 0)
+        self._reported = (0, 0, 0, 0)
         self._calls = 0
         self.idle_check = timedelta(seconds=max(1.0, settings.idle_s / 2))
 
@@ -205,11 +282,12 @@ class ModelLogic(_Pickled):
         for resource, value in summary["mae"].items():
             m.mae.labels(resource).set(value)
         s = stage.stats
-        now = (s.expired_instances, s.expired_apps, s.evicted_apps)
-        for what, new, old in zip(("instance", "app", "evicted_app"), now, self._reported,
-                                  strict=True):
+        now = (s.expired_instances, s.expired_apps, s.evicted_apps, s.errors)
+        counters = (m.expired.labels("instance"), m.expired.labels("app"),
+                    m.evictions.labels("model"), m.step_errors.labels("model"))
+        for counter, new, old in zip(counters, now, self._reported, strict=True):
             if new > old:
-                m.expired.labels(what).inc(new - old)
+                counter.inc(new - old)
         self._reported = now
         coldstart = getattr(stage, "coldstart", None)
         if coldstart is not None and hasattr(coldstart, "summary"):

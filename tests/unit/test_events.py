@@ -104,6 +104,42 @@ def test_each_bad_input_has_its_reason(doc: object, reason: str) -> None:
     assert reason_of(doc) == reason
 
 
+@pytest.mark.parametrize(
+    ("field", "name", "value"),
+    [
+        ("metrics", "cpu_cores", 1e308),  # the value that crash-looped the flow
+        ("metrics", "cpu_cores", 1.0001e5),
+        ("metrics", "mem_bytes", 2.0**60 * 1.01),
+        ("metrics", "disk_read_bps", 2e15),
+        ("metrics", "app.req_rate", 1e16),
+        ("metrics", "proc.open_files", 1e300),
+        ("capacity", "cpu_cores", 1e6),
+        ("capacity", "mem_bytes", 1e20),
+    ],
+)
+def test_values_beyond_plausible_bounds_are_out_of_range(field: str, name: str,
+                                                         value: float) -> None:
+    doc = sample()
+    doc[field] = {**doc[field], name: value}
+    assert reason_of(doc) == "out_of_range"
+
+
+def test_bounds_admit_the_largest_plausible_values() -> None:
+    big = {"cpu_cores": 1e5, "mem_bytes": 2.0**60, "net_rx_bps": 1e15, "app.req_rate": 1e15}
+    (ev,) = decode_message(orjson.dumps(sample(metrics=big, capacity={}))).events
+    assert isinstance(ev, MetricSample) and ev.metrics == big
+
+
+def test_usage_far_above_its_declared_capacity_is_out_of_range() -> None:
+    # 2 cores declared: 1999 cores is still accepted (traces overshoot), 2001 is not.
+    ok = decode_message(orjson.dumps(sample(metrics={"cpu_cores": 1999.0})))
+    assert ok.events and not ok.errors
+    assert reason_of(sample(metrics={"cpu_cores": 2001.0})) == "out_of_range"
+    # without a capacity for the gauge (or a zero one) only the absolute bound applies
+    assert decode_message(orjson.dumps(
+        sample(metrics={"cpu_cores": 2001.0}, capacity={"cpu_cores": 0}))).events
+
+
 def test_too_large_is_checked_before_parsing() -> None:
     raw = orjson.dumps(sample(labels={"pad": "x" * 200}))
     assert reason_of(raw, Limits(max_message_bytes=100)) == "too_large"
