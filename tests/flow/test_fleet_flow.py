@@ -127,13 +127,45 @@ def test_same_allocations_on_two_workers(single, settings: Settings) -> None:
     messages, _ = kafka_messages(settings, **SIM)
     two, _ = run_flow(settings, messages, workers=2)
 
-    def resizes(o: Outputs) -> list:
-        return sorted((a.id, a.instance_type, a.reserve["cpu_cores"], a.reserve["mem_bytes"])
-                      for a in o.allocations if a.kind == "resize")
+    def decided(o: Outputs) -> list:
+        return sorted(o.allocations, key=lambda a: a.id)
 
-    assert resizes(two) == resizes(out)
+    assert decided(two) == decided(out)  # proactive ones too: deploys are in event-time order
     assert Counter(d.reason for d in two.deadletters) == Counter(
         d.reason for d in out.deadletters)
+
+
+def test_an_exception_in_a_step_is_contained_per_app(settings: Settings, monkeypatch) -> None:
+    from fpstream.profile import AppProfile
+    from fpstream.windows import AppWindows
+
+    messages, _ = kafka_messages(settings, apps=8, minutes=120, seed=4, deploy_share=0.0)
+    apps = sorted({m.key.decode() for m in messages if m.key})
+    broken_windows, broken_profile = apps[0], apps[1]
+    add_many, update = AppWindows.add_many, AppProfile.update
+
+    def failing_add_many(self, samples):
+        samples = list(samples)
+        if samples and samples[0].app == broken_windows and samples[0].ts % 600 < 60:
+            raise RuntimeError("windows broke")
+        return add_many(self, samples)
+
+    def failing_update(self, wf):
+        if wf.app == broken_profile and wf.end % 1800 == 0:
+            raise RuntimeError("profile broke")
+        return update(self, wf)
+
+    monkeypatch.setattr(AppWindows, "add_many", failing_add_many)
+    monkeypatch.setattr(AppProfile, "update", failing_update)
+    out, metrics = run_flow(settings, messages)
+    letters = [d for d in out.deadletters if d.reason == "model_error"]
+    steps = {step for d in letters for step in ("step window", "step profile") if step in d.error}
+    assert steps == {"step window", "step profile"}
+    assert value(metrics, "fpstream_step_errors_total", step="window") > 0
+    assert value(metrics, "fpstream_step_errors_total", step="profile") > 0
+    assert value(metrics, "fpstream_deadletters_total", reason="model_error") == len(letters)
+    decided = {a.app for a in out.allocations if a.kind == "resize"}
+    assert decided == set(apps)  # the broken apps too: each failure cost one item only
 
 
 def test_late_samples_become_dead_letters(settings: Settings) -> None:
