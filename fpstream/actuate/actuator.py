@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 import redis
 
-from fpstream.actuate.backends import ApplyError, Backend, check_id
+from fpstream.actuate.backends import ApplyError, Backend, check_allocation_id, check_id
 from fpstream.actuate.metrics import ActuatorMetrics
 from fpstream.events import SCHEMA_VERSION, Allocation
 from fpstream.settings import Settings
@@ -144,10 +144,7 @@ def decode_entry(fields: Mapping[Any, Any]) -> Allocation:
                 or not math.isfinite(value) or value < 0:
             msg = f"reserve.{key} must be a finite number >= 0, got {value!r:.40}"
             raise ApplyError(msg, retryable=False)
-    seq = alloc.id.rsplit("/", 1)[-1] if isinstance(alloc.id, str) else ""
-    if not seq.isdigit() or alloc.id != f"{alloc.app}/{alloc.instance}/{seq}":
-        msg = f"id must be '<app>/<instance>/<seq>' for this app and instance, got {alloc.id!r}"
-        raise ApplyError(msg, retryable=False)
+    check_allocation_id(alloc)
     return alloc
 
 

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 import orjson
 
-from fpstream.events import ID_PATTERN, Allocation
+from fpstream.events import ID_PATTERN, ID_RULE, Allocation
 
 log = logging.getLogger("fpstream.actuate")
 
@@ -64,11 +64,20 @@ class Backend(Protocol):
         ...
 
 
+def check_allocation_id(alloc: Allocation) -> str:
+    """``alloc.id`` if it is ``<app>/<instance>/<seq>`` for its own app and instance."""
+    seq = alloc.id.rsplit("/", 1)[-1] if isinstance(alloc.id, str) else ""
+    if not seq.isdigit() or alloc.id != f"{alloc.app}/{alloc.instance}/{seq}":
+        msg = f"id must be '<app>/<instance>/<seq>' for this app and instance, got {alloc.id!r}"
+        raise ApplyError(msg, retryable=False)
+    return alloc.id
+
+
 def check_id(name: str, value: object) -> str:
     """``value`` if it is an id the wire contract allows, else a non-retryable ``ApplyError``."""
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_LEN \
             or not ID_PATTERN.fullmatch(value):
-        msg = f"{name} must match [A-Za-z0-9._:/@-]{{1,{MAX_ID_LEN}}}, got {value!r:.160}"
+        msg = f"{name} must match {ID_RULE.format(n=MAX_ID_LEN)}, got {value!r:.160}"
         raise ApplyError(msg, retryable=False)
     return value
 
@@ -175,11 +184,13 @@ class CommandBackend:
 
     def render(self, alloc: Allocation) -> list[str]:
         """The argv for ``alloc``; a non-retryable ``ApplyError`` if a value is unsafe."""
+        for name in {"app", "instance"} | (set(self.fields) & _STRING_PLACEHOLDERS - {"id"}):
+            value = getattr(alloc, name)
+            check_id(name, value)
+            if value.startswith("-"):
+                raise ApplyError(f"{name} {value!r} starts with '-'", retryable=False)
+        check_allocation_id(alloc)
         values = placeholders(alloc)
-        for name in {"app", "instance", "id"} | (set(self.fields) & _STRING_PLACEHOLDERS):
-            if str(values[name]).startswith("-"):
-                raise ApplyError(f"{name} {values[name]!r} starts with '-'", retryable=False)
-            check_id(name, values[name])
         missing = [f for f in self.fields if f not in values]
         if missing:
             raise ApplyError(f"allocation {alloc.id} has no reserve for {missing}",
@@ -230,6 +241,7 @@ class KubernetesBackend:
         """The pod to resize; ``ApplyError`` (not retryable) if it is no valid object name."""
         check_id("instance", alloc.instance)
         check_id("app", alloc.app)
+        check_allocation_id(alloc)
         name = self.pod_template.format_map(placeholders(alloc))
         if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
             msg = f"pod name {name!r} from {self.pod_template!r} is not a DNS-1123 name"
@@ -300,10 +312,10 @@ class FileBackend:
 
 
 def safe_name(value: str) -> str:
-    """A file name for an id: ``/ : @`` and a leading ``.`` percent-encoded, so ids map 1:1.
+    """A file name for an id: ``: @`` and a leading ``.`` percent-encoded, so ids map 1:1.
 
-    >>> safe_name("web/eu:1@x"), safe_name("..")
-    ('web%2Feu%3A1%40x', '%2E.')
+    >>> safe_name("web.eu:1@x"), safe_name(".hidden")
+    ('web.eu%3A1%40x', '%2Ehidden')
     """
     check_id("id", value)
     name = quote(value, safe="")
