@@ -8,7 +8,9 @@ backend succeeds, a second script writes the record, acknowledges the entry and 
 one atomic step. A duplicate or an older allocation is acknowledged without applying it, and
 so is one whose instance already has a newer allocation queued (``desired``), so a backlog
 after a pause or an outage applies only the latest state per instance. A failed apply is
-retried with exponential backoff and, after ``max_attempts``, dead-lettered with its error.
+retried with exponential backoff and, after ``max_attempts``, dead-lettered with its error; one
+that cannot succeed (the backend refuses it: an unsafe id or argument, a reserve too large to
+represent) is dead-lettered at once.
 
 A slow apply keeps its lock and its entry alive with a heartbeat, so only a dead actuator's
 entries are re-claimed (``XAUTOCLAIM``) by the others, after ``claim_after_s``. The one window
@@ -398,6 +400,8 @@ class Actuator:
                 detail = self.backend.apply(alloc)
             except ApplyError as ex:
                 error = ex
+            except OverflowError as ex:  # arithmetic on the allocation: it would fail again
+                error = ApplyError(f"{type(ex).__name__}: {ex}", retryable=False)
             except Exception as ex:  # noqa: BLE001 - a backend bug is retried, then dead-lettered
                 error = ApplyError(f"{type(ex).__name__}: {ex}")
             latency = time.perf_counter() - started
