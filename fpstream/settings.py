@@ -24,6 +24,8 @@ from fpstream.events import Limits
 from fpstream.policy import Policy
 
 ENV_PREFIX = "FPSTREAM_"
+# A host name or an IPv4/IPv6 address (with an optional %zone) to bind a server to.
+_BIND_HOST = re.compile(r"[A-Za-z0-9.:%_-]{1,253}")
 _SECRET_KEY = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)([^@]+)(@)")
 
@@ -107,6 +109,9 @@ class Settings:
     guard_periods: int = 6
     # Operations
     metrics_port: int = 9108
+    # Where the flow's, actuators' and agents' metrics servers listen: loopback unless the
+    # metrics must be scraped from elsewhere (0.0.0.0 in a pod or a container).
+    metrics_host: str = "127.0.0.1"
     recovery_dir: str | None = None
     # Limits on one message
     max_message_bytes: int = 1 << 20
@@ -187,6 +192,9 @@ def _validate(s: Settings) -> None:
     if not 0 <= s.metrics_port <= 65535:
         msg = f"setting metrics_port must be a TCP port (0 disables), got {s.metrics_port}"
         raise SettingsError(msg)
+    if not _BIND_HOST.fullmatch(s.metrics_host):
+        raise SettingsError(f"setting metrics_host must be an address or host name to listen "
+                            f"on (127.0.0.1, 0.0.0.0, ::), got {s.metrics_host!r}")
     if not s.brokers.strip():
         raise SettingsError("setting brokers must name at least one host:port")
     if not re.match(r"^(redis|rediss|unix)://", s.redis_url):
