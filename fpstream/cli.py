@@ -174,7 +174,8 @@ def run(
             make_topics(settings, inputs + outputs, settings.partitions)
         missing = missing_topics(settings, inputs + outputs)
     except Exception as ex:  # noqa: BLE001 - any client error means the same to the operator
-        typer.echo(f"fpstream run: cannot reach Kafka at {settings.brokers}: {ex}", err=True)
+        typer.echo(f"fpstream run: cannot reach Kafka at {settings.redact(settings.brokers)}: "
+                   f"{settings.redact(str(ex))}", err=True)
         raise typer.Exit(2) from ex
     if missing:
         typer.echo(f"fpstream run: missing topics {missing}; create them or pass "

@@ -283,7 +283,7 @@ class Actuator:
                 self.step()
             except (redis.ConnectionError, redis.TimeoutError) as ex:
                 log.warning("actuator %s: Redis unavailable (%s); retrying in 1 s",
-                            self.consumer, ex)
+                            self.consumer, self.settings.redact(str(ex)))
                 self._stopping.wait(1.0)
 
     def paused(self) -> bool:

@@ -133,11 +133,13 @@ def _settings(config: Path | None, redis_url: str | None, metrics_host: str | No
 def _connect(settings: Settings) -> redis.Redis:
     import redis
 
-    client = redis.Redis.from_url(settings.redis_url, **settings.redis_options)
     try:
+        client = redis.Redis.from_url(settings.redis_url, **settings.redis_options)
         client.ping()
-    except redis.RedisError as ex:
-        _fail(f"cannot reach Redis at {mask_url(settings.redis_url)}: {ex}")
+    except (redis.RedisError, ValueError, TypeError, OSError) as ex:
+        # A client library's message may quote what it was given: masked like the URL.
+        _fail(f"cannot reach Redis at {mask_url(settings.redis_url)}: "
+              f"{settings.redact(str(ex))}")
     return client
 
 

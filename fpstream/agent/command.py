@@ -83,8 +83,8 @@ def agent(
         if main:
             signal.signal(signal.SIGTERM, previous)
     if left:
-        typer.echo(f"fpstream agent: {left} messages not delivered to {settings.brokers}",
-                   err=True)
+        typer.echo(f"fpstream agent: {left} messages not delivered to "
+                   f"{settings.redact(settings.brokers)}", err=True)
         raise typer.Exit(1)
 
 
