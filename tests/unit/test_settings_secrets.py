@@ -170,3 +170,31 @@ def test_docstring_examples_run() -> None:
 
     for module in (fpstream.masking, fpstream.settings):
         assert doctest.testmod(module).failed == 0
+
+
+def test_readme_security_examples_load_and_the_clients_take_them(tmp_path: Path) -> None:
+    """The TOML of the README's Kafka SASL/TLS and Redis TLS/ACL section, read as fpstream
+    reads it, is accepted by librdkafka and by redis-py's TLS connection (nothing connects)."""
+    import re
+
+    import confluent_kafka
+    import redis
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Kafka SASL/TLS and Redis TLS/ACL", 1)[1].split("\n## ", 1)[0]
+    kafka_toml, redis_toml = re.findall(r"```toml\n(.*?)```", section, re.S)
+    cfg = tmp_path / "fp.toml"
+    cfg.write_text(kafka_toml.replace("/etc/fpstream/kafka-ca.pem", "probe"))
+    kafka = load_settings(cfg, env={"FPSTREAM_KAFKA_OPTIONS": '{"sasl.password": "pw"}'})
+    assert kafka.kafka_options["sasl.password"] == "pw"
+    assert kafka.kafka_options["security.protocol"] == "SASL_SSL"
+    confluent_kafka.Producer(kafka.kafka_config()).flush(0)  # refuses unknown properties
+
+    cfg.write_text(redis_toml)
+    s = load_settings(cfg, env={"FPSTREAM_REDIS_OPTIONS": '{"password": "pw"}'})
+    assert s.redis_options["ssl_check_hostname"] is True and s.redis_options["password"] == "pw"
+    assert "'password': '***'" in repr(s)
+    client = redis.Redis.from_url(s.redis_url, **s.redis_options)
+    connection = client.connection_pool.make_connection()  # refuses unknown arguments
+    assert isinstance(connection, redis.SSLConnection) and connection.socket_timeout == 5
+    client.close()
