@@ -110,6 +110,6 @@ def flow() -> Dataflow:
     from ``FPSTREAM_CONFIG`` and ``FPSTREAM_*``, metrics exposed on the configured port."""
     settings = load_settings(os.environ.get("FPSTREAM_CONFIG"))
     metrics = FlowMetrics()
-    metrics.serve(settings.metrics_port)
+    metrics.serve(settings.metrics_port, settings.metrics_host)
     tail = os.environ.get("FPSTREAM_TAIL", "1") != "0"
     return build_flow(settings, metrics=metrics, tail=tail)

@@ -138,6 +138,9 @@ def run(
         Path | None, typer.Option("--catalog", help="Instance catalog (JSON or YAML).")
     ] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (0: off).")] = None,
+    metrics_host: Annotated[str | None, typer.Option(
+        "--metrics-host", help="Address the Prometheus port listens on (default: the "
+                               "metrics_host setting, 127.0.0.1).")] = None,
     workers: Annotated[int, typer.Option("-w", "--workers", min=1,
                                          help="Worker threads in this process.")] = 1,
     process_id: Annotated[int | None, typer.Option(
@@ -162,7 +165,8 @@ def run(
 
     settings = build_settings(config, brokers=brokers, redis_url=redis_url,
                               catalog_path=str(catalog) if catalog else None,
-                              metrics_port=metrics_port, recovery_dir=recovery_dir)
+                              metrics_port=metrics_port, metrics_host=metrics_host,
+                              recovery_dir=recovery_dir)
     inputs = [settings.topic_metrics, settings.topic_deploys]
     outputs = [settings.topic_allocations, settings.topic_anomalies, settings.topic_deadletter]
     try:
@@ -170,7 +174,8 @@ def run(
             make_topics(settings, inputs + outputs, settings.partitions)
         missing = missing_topics(settings, inputs + outputs)
     except Exception as ex:  # noqa: BLE001 - any client error means the same to the operator
-        typer.echo(f"fpstream run: cannot reach Kafka at {settings.brokers}: {ex}", err=True)
+        typer.echo(f"fpstream run: cannot reach Kafka at {settings.redact(settings.brokers)}: "
+                   f"{settings.redact(str(ex))}", err=True)
         raise typer.Exit(2) from ex
     if missing:
         typer.echo(f"fpstream run: missing topics {missing}; create them or pass "

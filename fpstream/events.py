@@ -54,7 +54,12 @@ REASONS: tuple[str, ...] = (
     "model_error",
 )
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9._:/@-]+")
+#: App and instance ids: letters, digits and ``._:@-``, never ``..``. Without a path separator
+#: or a parent reference an id cannot name a path wherever an actuator puts it, and the
+#: allocation id ``<app>/<instance>/<seq>`` splits unambiguously (from the right).
+ID_PATTERN = re.compile(r"(?:[A-Za-z0-9_:@-]|\.(?!\.))+")
+#: The id grammar in words, for error messages: ``ID_RULE.format(n=128)``.
+ID_RULE = "[A-Za-z0-9._:@-]{{1,{n}}} with no '..'"
 METRIC_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _NON_FINITE_TOKEN = re.compile(rb'[:,\[]\s*-?(?:NaN|Infinity)\s*[,}\]]')
 
@@ -332,7 +337,7 @@ def _ident(obj: dict[str, Any], name: str, limits: Limits) -> str:
         return value
     if not 1 <= len(value) <= limits.max_id_len or not ID_PATTERN.fullmatch(value):
         detail = (
-            f"'{name}' must match [A-Za-z0-9._:/@-]{{1,{limits.max_id_len}}}, "
+            f"'{name}' must match {ID_RULE.format(n=limits.max_id_len)}, "
             f"got {_short(repr(value), 80)}"
         )
         raise _Invalid("bad_id", detail)

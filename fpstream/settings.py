@@ -5,6 +5,17 @@
 (30.0, 9200)
 >>> "hunter2" in repr(replace_settings(s, redis_url="redis://:hunter2@db:6379/0"))
 False
+
+The passthrough options keep their types: ``redis_options`` as TOML or JSON gave them (redis-py
+needs ``socket_timeout = 5`` as a number), ``kafka_options`` as the text librdkafka reads
+(``true``, ``5``). In ``FPSTREAM_*_OPTIONS`` they are a JSON object, or ``key=value,...`` pairs
+whose values are read as TOML scalars where they are one (``5``, ``2.5``, ``true``,
+``"quoted"``), else as text; Kafka values are always taken as written. Options from the
+environment or flags add to those of the file, key by key, so a secret can come from the
+environment while the rest stays in the file.
+
+>>> load_settings(env={"FPSTREAM_REDIS_OPTIONS": "socket_timeout=5,client_name=fp"}).redis_options
+{'socket_timeout': 5, 'client_name': 'fp'}
 """
 
 from __future__ import annotations
@@ -21,11 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from fpstream.events import Limits
+from fpstream.masking import mask_options, mask_url, option_secrets, redact, url_secrets
 from fpstream.policy import Policy
 
+__all__ = ["Settings", "SettingsError", "load_settings", "mask_url", "replace_settings"]
+
 ENV_PREFIX = "FPSTREAM_"
-_SECRET_KEY = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(://[^:/@]*:)([^@]+)(@)")
+#: Settings that are passthrough option tables (dicts), merged key by key across sources.
+OPTION_SETTINGS = ("kafka_options", "redis_options")
+# A host name or an IPv4/IPv6 address (with an optional %zone) to bind a server to.
+_BIND_HOST = re.compile(r"[A-Za-z0-9.:%_-]{1,253}")
 
 
 class SettingsError(ValueError):
@@ -71,11 +87,11 @@ class Settings:
     topic_anomalies: str = "fpstream.anomalies"
     topic_deadletter: str = "fpstream.deadletter"
     partitions: int = 2
-    kafka_options: dict[str, str] = field(default_factory=dict)
+    kafka_options: dict[str, str] = field(default_factory=dict)  # librdkafka's, as text
     # Redis
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "fpstream"
-    redis_options: dict[str, Any] = field(default_factory=dict)
+    redis_options: dict[str, Any] = field(default_factory=dict)  # redis-py's, typed
     allocations_maxlen: int = 100_000
     # Time
     window_s: float = 60.0
@@ -109,6 +125,9 @@ class Settings:
     guard_periods: int = 6
     # Operations
     metrics_port: int = 9108
+    # Where the flow's, actuators' and agents' metrics servers listen: loopback unless the
+    # metrics must be scraped from elsewhere (0.0.0.0 in a pod or a container).
+    metrics_host: str = "127.0.0.1"
     recovery_dir: str | None = None
     # Limits on one message
     max_message_bytes: int = 1 << 20
@@ -119,18 +138,31 @@ class Settings:
     def __post_init__(self) -> None:
         if not isinstance(self.arms, Arms):
             object.__setattr__(self, "arms", _parse_arms(self.arms))
+        object.__setattr__(self, "kafka_options",
+                           _librdkafka_options(_table("kafka_options", self.kafka_options)))
+        object.__setattr__(self, "redis_options", _table("redis_options", self.redis_options))
         _validate(self)
 
     def __repr__(self) -> str:
         parts = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "redis_url":
+            if f.name in ("redis_url", "brokers"):
                 value = mask_url(value)
             elif isinstance(value, dict):
-                value = {k: ("***" if _SECRET_KEY.search(k) else v) for k, v in value.items()}
+                value = mask_options(value)
             parts.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(parts)})"
+
+    def secrets(self) -> list[str]:
+        """Every secret these settings hold: URL passwords, options named like secrets."""
+        return [*url_secrets(self.redis_url), *url_secrets(self.brokers),
+                *option_secrets(self.kafka_options), *option_secrets(self.redis_options)]
+
+    def redact(self, text: str) -> str:
+        """``text`` (an error message, say) with URLs masked and these settings' secrets
+        replaced by ``***``."""
+        return redact(text, self.secrets())
 
     @property
     def limits(self) -> Limits:
@@ -152,10 +184,6 @@ class Settings:
     def key(self, *parts: str) -> str:
         """A Redis key under the configured prefix: ``key("desired", app)``."""
         return ":".join((self.redis_prefix, *parts))
-
-
-def mask_url(url: str) -> str:
-    return _URL_PASSWORD.sub(r"\1***\3", url)
 
 
 def _validate(s: Settings) -> None:
@@ -189,6 +217,9 @@ def _validate(s: Settings) -> None:
     if not 0 <= s.metrics_port <= 65535:
         msg = f"setting metrics_port must be a TCP port (0 disables), got {s.metrics_port}"
         raise SettingsError(msg)
+    if not _BIND_HOST.fullmatch(s.metrics_host):
+        raise SettingsError(f"setting metrics_host must be an address or host name to listen "
+                            f"on (127.0.0.1, 0.0.0.0, ::), got {s.metrics_host!r}")
     if not s.brokers.strip():
         raise SettingsError("setting brokers must name at least one host:port")
     if not re.match(r"^(redis|rediss|unix)://", s.redis_url):
@@ -297,10 +328,15 @@ def _arm(index: int, item: Any) -> Policy:
 
 
 def _coerce(name: str, raw: Any, target: Any) -> Any:
-    """Convert a TOML/env/flag value to the type of the default, naming the setting on error."""
+    """Convert a TOML/env/flag value to the type of the default, naming the setting on error.
+
+    Messages never repeat an option table or a URL as given: either may hold a secret.
+    """
     kind = {f.name: f for f in fields(Settings)}[name].type
     if kind == "Arms":
         return _parse_arms(raw)
+    if name in OPTION_SETTINGS:
+        return _options(name, raw)
     try:
         if kind in ("int",):
             if isinstance(raw, bool):
@@ -310,31 +346,78 @@ def _coerce(name: str, raw: Any, target: Any) -> Any:
             if isinstance(raw, bool):
                 raise TypeError
             return float(raw)
-        if kind.startswith("dict"):
-            if isinstance(raw, str):
-                return _parse_pairs(raw)
-            if not isinstance(raw, Mapping):
-                raise TypeError
-            return {str(k): v for k, v in raw.items()}
         if kind == "str | None":
             return None if raw in (None, "") else str(raw)
         if not isinstance(raw, str):
             raise TypeError
         return raw
     except (TypeError, ValueError) as ex:
-        expected = kind.replace("dict[str, str]", "key=value pairs")
-        msg = f"setting {name} expects {expected}, got {raw!r}"
+        shown = mask_url(str(raw)) if name in ("redis_url", "brokers") else repr(raw)
+        msg = f"setting {name} expects {kind}, got {shown}"
         raise SettingsError(msg) from ex
 
 
-def _parse_pairs(text: str) -> dict[str, str]:
-    """``"a=1,b=2"`` -> ``{"a": "1", "b": "2"}`` for passthrough options in env and flags."""
+def _options(name: str, raw: Any) -> dict[str, Any]:
+    """A passthrough option table from TOML, a JSON object or ``key=value,...`` text."""
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.startswith("{"):
+            try:
+                raw = json.loads(text)
+            except ValueError as ex:
+                msg = getattr(ex, "msg", "not JSON")  # never the text: it may hold a secret
+                raise SettingsError(f"setting {name}: not a JSON object ({msg})") from ex
+            if not isinstance(raw, dict):
+                raise SettingsError(f"setting {name} expects a JSON object")
+        else:
+            pairs = _pairs(name, text)
+            return pairs if name == "kafka_options" else {k: _scalar(v) for k, v in pairs.items()}
+    table = _table(name, raw)
+    return _librdkafka_options(table) if name == "kafka_options" else table
+
+
+def _pairs(name: str, text: str) -> dict[str, str]:
+    """``"a=1,b=2"`` -> ``{"a": "1", "b": "2"}``: options written by hand in env and flags."""
     out: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    for i, part in enumerate(p.strip() for p in text.split(",")):
+        if not part:
+            continue
         key, sep, value = part.partition("=")
-        if not sep or not key:
-            raise ValueError(part)
+        if not sep or not key.strip():
+            raise SettingsError(f"setting {name} expects key=value pairs separated by commas, "
+                                f"or a JSON object; item {i + 1} is no key=value")
         out[key.strip()] = value.strip()
+    return out
+
+
+def _scalar(text: str) -> Any:
+    """``text`` as the TOML scalar it spells (``5``, ``2.5``, ``true``, ``"5"``), else as is."""
+    try:
+        doc = tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError:
+        return text
+    value = doc.get("v")
+    return value if len(doc) == 1 and isinstance(value, str | int | float | bool) else text
+
+
+def _table(name: str, raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise SettingsError(f"setting {name} expects a table of options "
+                            f"([fpstream.{name}] in TOML), got {type(raw).__name__}")
+    return {str(k): v for k, v in raw.items()}
+
+
+def _librdkafka_options(options: Mapping[str, Any]) -> dict[str, str]:
+    """librdkafka takes every property as text: ``true``/``false`` for booleans."""
+    out: dict[str, str] = {}
+    for key, value in options.items():
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            out[key] = str(value)
+        else:
+            raise SettingsError(f"setting kafka_options: {key} must be text, a number or a "
+                                f"boolean (librdkafka reads text), got {type(value).__name__}")
     return out
 
 
@@ -363,21 +446,28 @@ def load_settings(
             if key not in names:
                 raise SettingsError(f"config file {path}: unknown setting {key!r}")
             try:
-                values[key] = _coerce(key, raw, None)
+                _put(values, key, _coerce(key, raw, None))
             except SettingsError as ex:
                 raise SettingsError(f"config file {path}: {ex}") from ex
     environ = os.environ if env is None else env
     for key, raw in environ.items():
         if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX):].lower() in names:
             name = key[len(ENV_PREFIX):].lower()
-            values[name] = _coerce(name, raw, None)
+            _put(values, name, _coerce(name, raw, None))
     for key, raw in (overrides or {}).items():
         if raw is None:
             continue
         if key not in names:
             raise SettingsError(f"unknown setting {key!r}")
-        values[key] = _coerce(key, raw, None)
+        _put(values, key, _coerce(key, raw, None))
     return Settings(**values)
+
+
+def _put(values: dict[str, Any], name: str, value: Any) -> None:
+    """A later source replaces a setting; option tables are merged key by key."""
+    if name in OPTION_SETTINGS and name in values:
+        value = {**values[name], **value}
+    values[name] = value
 
 
 def replace_settings(settings: Settings, **changes: Any) -> Settings:

@@ -8,7 +8,9 @@ backend succeeds, a second script writes the record, acknowledges the entry and 
 one atomic step. A duplicate or an older allocation is acknowledged without applying it, and
 so is one whose instance already has a newer allocation queued (``desired``), so a backlog
 after a pause or an outage applies only the latest state per instance. A failed apply is
-retried with exponential backoff and, after ``max_attempts``, dead-lettered with its error.
+retried with exponential backoff and, after ``max_attempts``, dead-lettered with its error; one
+that cannot succeed (the backend refuses it: an unsafe id or argument, a reserve too large to
+represent) is dead-lettered at once.
 
 A slow apply keeps its lock and its entry alive with a heartbeat, so only a dead actuator's
 entries are re-claimed (``XAUTOCLAIM``) by the others, after ``claim_after_s``. The one window
@@ -34,7 +36,7 @@ from typing import Any
 import orjson
 import redis
 
-from fpstream.actuate.backends import ApplyError, Backend, check_id
+from fpstream.actuate.backends import ApplyError, Backend, check_allocation_id, check_id
 from fpstream.actuate.metrics import ActuatorMetrics
 from fpstream.events import SCHEMA_VERSION, Allocation
 from fpstream.settings import Settings
@@ -144,10 +146,7 @@ def decode_entry(fields: Mapping[Any, Any]) -> Allocation:
                 or not math.isfinite(value) or value < 0:
             msg = f"reserve.{key} must be a finite number >= 0, got {value!r:.40}"
             raise ApplyError(msg, retryable=False)
-    seq = alloc.id.rsplit("/", 1)[-1] if isinstance(alloc.id, str) else ""
-    if not seq.isdigit() or alloc.id != f"{alloc.app}/{alloc.instance}/{seq}":
-        msg = f"id must be '<app>/<instance>/<seq>' for this app and instance, got {alloc.id!r}"
-        raise ApplyError(msg, retryable=False)
+    check_allocation_id(alloc)
     return alloc
 
 
@@ -284,7 +283,7 @@ class Actuator:
                 self.step()
             except (redis.ConnectionError, redis.TimeoutError) as ex:
                 log.warning("actuator %s: Redis unavailable (%s); retrying in 1 s",
-                            self.consumer, ex)
+                            self.consumer, self.settings.redact(str(ex)))
                 self._stopping.wait(1.0)
 
     def paused(self) -> bool:
@@ -401,6 +400,8 @@ class Actuator:
                 detail = self.backend.apply(alloc)
             except ApplyError as ex:
                 error = ex
+            except OverflowError as ex:  # arithmetic on the allocation: it would fail again
+                error = ApplyError(f"{type(ex).__name__}: {ex}", retryable=False)
             except Exception as ex:  # noqa: BLE001 - a backend bug is retried, then dead-lettered
                 error = ApplyError(f"{type(ex).__name__}: {ex}")
             latency = time.perf_counter() - started

@@ -2,8 +2,9 @@
 
 Each backend is an object with a ``name`` and ``apply(alloc) -> str`` that returns a short
 description of what it did and raises ``ApplyError`` when it could not. An error says whether a
-retry can help (``retryable``): a timed-out command can, an id that would be unsafe to pass on
-cannot, so the actuator dead-letters the latter at once.
+retry can help (``retryable``): a timed-out command can; an id that would be unsafe to pass on,
+an argument that would leave its directory or a reserve too large to represent cannot, so the
+actuator dead-letters those at once.
 
 Nothing here talks to Redis: a backend can be used, and tested, on its own.
 
@@ -20,6 +21,7 @@ import json
 import logging
 import math
 import os
+import posixpath
 import re
 import string
 import subprocess
@@ -32,7 +34,7 @@ from urllib.parse import quote
 
 import orjson
 
-from fpstream.events import ID_PATTERN, Allocation
+from fpstream.events import ID_PATTERN, ID_RULE, Allocation
 
 log = logging.getLogger("fpstream.actuate")
 
@@ -64,17 +66,29 @@ class Backend(Protocol):
         ...
 
 
+def check_allocation_id(alloc: Allocation) -> str:
+    """``alloc.id`` if it is ``<app>/<instance>/<seq>`` for its own app and instance."""
+    seq = alloc.id.rsplit("/", 1)[-1] if isinstance(alloc.id, str) else ""
+    if not seq.isdigit() or alloc.id != f"{alloc.app}/{alloc.instance}/{seq}":
+        msg = f"id must be '<app>/<instance>/<seq>' for this app and instance, got {alloc.id!r}"
+        raise ApplyError(msg, retryable=False)
+    return alloc.id
+
+
 def check_id(name: str, value: object) -> str:
     """``value`` if it is an id the wire contract allows, else a non-retryable ``ApplyError``."""
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_LEN \
             or not ID_PATTERN.fullmatch(value):
-        msg = f"{name} must match [A-Za-z0-9._:/@-]{{1,{MAX_ID_LEN}}}, got {value!r:.160}"
+        msg = f"{name} must match {ID_RULE.format(n=MAX_ID_LEN)}, got {value!r:.160}"
         raise ApplyError(msg, retryable=False)
     return value
 
 
 def placeholders(alloc: Allocation) -> dict[str, Any]:
-    """The values a template may use; sizes are whole units so commands get integers."""
+    """The values a template may use; sizes are whole units so commands get integers.
+
+    A size with no integer (1e308 cores in millicores) is a non-retryable ``ApplyError``.
+    """
     reserve = alloc.reserve
     values: dict[str, Any] = {
         "id": alloc.id, "app": alloc.app, "instance": alloc.instance,
@@ -85,7 +99,7 @@ def placeholders(alloc: Allocation) -> dict[str, Any]:
     for key in ("cpu_cores", "mem_bytes", "disk_bytes", "disk_bps", "net_bps"):
         if key in reserve:
             value = reserve[key]
-            values[key] = value if key == "cpu_cores" else _whole(value)
+            values[key] = value if key == "cpu_cores" else _whole(value, f"reserve.{key}")
     if "cpu_cores" in reserve:
         values["cpu_millicores"] = _millicores(reserve["cpu_cores"])
     if "mem_bytes" in reserve:
@@ -101,17 +115,20 @@ PLACEHOLDERS: frozenset[str] = frozenset({
 _STRING_PLACEHOLDERS = frozenset({"id", "app", "instance", "instance_type", "policy", "kind"})
 
 
-def _whole(value: float) -> int:
+def _whole(value: float, what: str) -> int:
+    """``ceil(value)``; the same allocation would fail the same way, so not retryable."""
+    if not math.isfinite(value):
+        raise ApplyError(f"{what} is too large to represent", retryable=False)
     return int(math.ceil(value))
 
 
 def _millicores(cores: float) -> int:
     # Rounded up: a reservation below the prediction is the failure the policy exists to avoid.
-    return max(1, int(math.ceil(cores * 1000 - 1e-9)))
+    return max(1, _whole(cores * 1000 - 1e-9, f"reserve.cpu_cores {cores:.6g} in millicores"))
 
 
 def _mebibytes(nbytes: float) -> int:
-    return max(1, int(math.ceil(nbytes / _MIB - 1e-9)))
+    return max(1, _whole(nbytes / _MIB - 1e-9, f"reserve.mem_bytes {nbytes:.6g} in MiB"))
 
 
 def template_fields(template: str) -> list[str]:
@@ -134,6 +151,58 @@ def template_fields(template: str) -> list[str]:
     return names
 
 
+# Where a relative argument starts; NUL cannot be in an argument, so no real path looks like it.
+_CWD = "/\0"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def substitute(part: str, values: Mapping[str, Any]) -> str:
+    """One template part filled from ``values``, refused if the result leaves its directory.
+
+    The directory is that of the fixed text before the first placeholder (after the ``=`` of
+    ``--option=PATH``; the working directory when that text has no ``/``). The result must
+    name something strictly inside it once normalised (``\\`` counts as a separator), and
+    hold no control character. The check is on the result, not on each value, so it holds
+    whatever the values are: ``..``, an absolute path, or ids harmless alone that make
+    ``..`` together. A refusal is a non-retryable ``ApplyError``.
+
+    >>> substitute("/srv/desired/{app}.json", {"app": "web"})
+    '/srv/desired/web.json'
+    >>> substitute("/srv/desired/{app}{instance}/x", {"app": ".", "instance": "."})
+    Traceback (most recent call last):
+    ...
+    fpstream.actuate.backends.ApplyError: argument '/srv/desired/../x' leaves /srv/desired
+    """
+    try:
+        argument = part.format_map(values)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as ex:
+        raise ApplyError(f"template part {part!r} cannot be filled: {ex}", retryable=False) from ex
+    fixed = _fixed_prefix(part)
+    if fixed is None:  # nothing substituted: the operator's own text
+        return argument
+    if _CONTROL.search(argument):
+        raise ApplyError(f"argument {argument!r:.200} holds a control character",
+                         retryable=False)
+    head = fixed[:fixed.index("=") + 1] if "=" in fixed else ""
+    directory = posixpath.dirname(fixed[len(head):].replace("\\", "/"))
+    base = posixpath.normpath(posixpath.join(_CWD, directory))
+    target = posixpath.normpath(posixpath.join(_CWD, argument[len(head):].replace("\\", "/")))
+    if not target.startswith(base.rstrip("/") + "/"):
+        where = directory or "the working directory"
+        raise ApplyError(f"argument {argument!r:.200} leaves {where}", retryable=False)
+    return argument
+
+
+def _fixed_prefix(part: str) -> str | None:
+    """The literal text before the first placeholder, or None if there is none."""
+    prefix = ""
+    for literal, field, _, _ in string.Formatter().parse(part):
+        prefix += literal
+        if field is not None:
+            return prefix
+    return None
+
+
 class LogBackend:
     """Dry run: logs what would be applied and changes nothing (the default backend)."""
 
@@ -153,8 +222,10 @@ class CommandBackend:
     """Runs a configured program per allocation, without a shell.
 
     The template is an argv list; each part is filled with ``str.format_map`` from
-    ``placeholders``. Ids are checked against the wire contract before anything runs, and an id
-    starting with ``-`` is refused too, because the program would read it as an option.
+    ``placeholders``. Ids are checked against the wire contract before anything runs, an id
+    starting with ``-`` is refused too, because the program would read it as an option, and
+    so is any argument that would leave its part's directory (``substitute``): an entry can
+    reach Redis without passing the flow's decoder, and valid ids can still make ``..``.
     """
 
     name = "command"
@@ -175,16 +246,18 @@ class CommandBackend:
 
     def render(self, alloc: Allocation) -> list[str]:
         """The argv for ``alloc``; a non-retryable ``ApplyError`` if a value is unsafe."""
+        for name in {"app", "instance"} | (set(self.fields) & _STRING_PLACEHOLDERS - {"id"}):
+            value = getattr(alloc, name)
+            check_id(name, value)
+            if value.startswith("-"):
+                raise ApplyError(f"{name} {value!r} starts with '-'", retryable=False)
+        check_allocation_id(alloc)
         values = placeholders(alloc)
-        for name in {"app", "instance", "id"} | (set(self.fields) & _STRING_PLACEHOLDERS):
-            if str(values[name]).startswith("-"):
-                raise ApplyError(f"{name} {values[name]!r} starts with '-'", retryable=False)
-            check_id(name, values[name])
         missing = [f for f in self.fields if f not in values]
         if missing:
             raise ApplyError(f"allocation {alloc.id} has no reserve for {missing}",
                              retryable=False)
-        return [part.format_map(values) for part in self.argv]
+        return [self.argv[0], *(substitute(part, values) for part in self.argv[1:])]
 
     def apply(self, alloc: Allocation) -> str:
         argv = self.render(alloc)
@@ -230,6 +303,7 @@ class KubernetesBackend:
         """The pod to resize; ``ApplyError`` (not retryable) if it is no valid object name."""
         check_id("instance", alloc.instance)
         check_id("app", alloc.app)
+        check_allocation_id(alloc)
         name = self.pod_template.format_map(placeholders(alloc))
         if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
             msg = f"pod name {name!r} from {self.pod_template!r} is not a DNS-1123 name"
@@ -300,10 +374,10 @@ class FileBackend:
 
 
 def safe_name(value: str) -> str:
-    """A file name for an id: ``/ : @`` and a leading ``.`` percent-encoded, so ids map 1:1.
+    """A file name for an id: ``: @`` and a leading ``.`` percent-encoded, so ids map 1:1.
 
-    >>> safe_name("web/eu:1@x"), safe_name("..")
-    ('web%2Feu%3A1%40x', '%2E.')
+    >>> safe_name("web.eu:1@x"), safe_name(".hidden")
+    ('web.eu%3A1%40x', '%2Ehidden')
     """
     check_id("id", value)
     name = quote(value, safe="")

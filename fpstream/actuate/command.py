@@ -69,6 +69,9 @@ def actuate(
     = 30.0,
     metrics_port: Annotated[int, typer.Option(
         min=0, max=65535, help="Prometheus port (0: off).")] = 9109,
+    metrics_host: Annotated[str | None, typer.Option(
+        "--metrics-host", help="Address the Prometheus port listens on (default: the "
+                               "metrics_host setting, 127.0.0.1).")] = None,
     stop_after: Annotated[float | None, typer.Option(
         min=0, help="Exit after this many seconds (default: until SIGTERM or Ctrl-C).")] = None,
     pause: Annotated[bool, typer.Option(
@@ -80,7 +83,7 @@ def actuate(
     from fpstream.actuate.actuator import Actuator, set_paused
     from fpstream.actuate.metrics import ActuatorMetrics
 
-    settings = _settings(config, redis_url)
+    settings = _settings(config, redis_url, metrics_host)
     client = _connect(settings)
     if pause and resume:
         _fail("give --pause or --resume, not both")
@@ -102,7 +105,8 @@ def actuate(
     if metrics_port:
         from prometheus_client import start_http_server
 
-        server, _ = start_http_server(metrics_port, registry=metrics.registry)
+        server, _ = start_http_server(metrics_port, addr=settings.metrics_host,
+                                      registry=metrics.registry)
     typer.echo(f"fpstream actuate: {actuator.consumer} in group {group!r} on "
                f"{mask_url(settings.redis_url)} (prefix {settings.redis_prefix!r}), "
                f"backend {chosen.name}", err=True)
@@ -118,9 +122,10 @@ def actuate(
     typer.echo(orjson.dumps(_summary(metrics)).decode(), err=True)
 
 
-def _settings(config: Path | None, redis_url: str | None) -> Settings:
+def _settings(config: Path | None, redis_url: str | None, metrics_host: str | None) -> Settings:
     try:
-        return load_settings(config, overrides={"redis_url": redis_url})
+        return load_settings(config, overrides={"redis_url": redis_url,
+                                                "metrics_host": metrics_host})
     except SettingsError as ex:
         _fail(str(ex))
 
@@ -128,11 +133,13 @@ def _settings(config: Path | None, redis_url: str | None) -> Settings:
 def _connect(settings: Settings) -> redis.Redis:
     import redis
 
-    client = redis.Redis.from_url(settings.redis_url, **settings.redis_options)
     try:
+        client = redis.Redis.from_url(settings.redis_url, **settings.redis_options)
         client.ping()
-    except redis.RedisError as ex:
-        _fail(f"cannot reach Redis at {mask_url(settings.redis_url)}: {ex}")
+    except (redis.RedisError, ValueError, TypeError, OSError) as ex:
+        # A client library's message may quote what it was given: masked like the URL.
+        _fail(f"cannot reach Redis at {mask_url(settings.redis_url)}: "
+              f"{settings.redact(str(ex))}")
     return client
 
 

@@ -44,11 +44,13 @@ from fpstream.agent.cgroup import (
 )
 from fpstream.agent.config import AgentConfig, AppSpec, MatchRule
 
-_NOT_ID = re.compile(r"[^A-Za-z0-9._:/@-]+")
+# Runs of characters outside the id grammar, and of dots that would make a '..'.
+_NOT_ID = re.compile(r"(?:[^A-Za-z0-9._:@-]|\.\.+)+")
 
 
 def sanitize_id(text: str, limit: int = 128) -> str:
-    """Make ``text`` a valid app or instance id: ``"web 01 (eu)"`` -> ``"web-01-eu"``."""
+    """Make ``text`` a valid app or instance id: ``"web 01 (eu)"`` -> ``"web-01-eu"``,
+    ``"/system.slice/db.service"`` -> ``"system.slice-db.service"``."""
     return _NOT_ID.sub("-", text).strip("-")[:limit] or "unknown"
 
 

@@ -42,6 +42,9 @@ def agent(
     ] = 64 << 20,
     metrics_port: Annotated[int, typer.Option(
         min=0, max=65535, help="Serve the agent's own Prometheus metrics here (0: off).")] = 0,
+    metrics_host: Annotated[str | None, typer.Option(
+        "--metrics-host", help="Address the metrics port listens on (default: the "
+                               "metrics_host setting, 127.0.0.1).")] = None,
     hostname: Annotated[str | None, typer.Option(
         "--hostname", help="Host name for instance ids (default: this machine's).")] = None,
     log_level: Annotated[str, typer.Option(help="Logging level on stderr.")] = "WARNING",
@@ -54,10 +57,10 @@ def agent(
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    agent_config, settings = _load(config, brokers, topic, hostname)
+    agent_config, settings = _load(config, brokers, topic, hostname, metrics_host)
     metrics = AgentMetrics()
     if metrics_port:
-        start_http_server(metrics_port, registry=metrics.registry)
+        start_http_server(metrics_port, addr=settings.metrics_host, registry=metrics.registry)
     sink: Sink
     if stdout:
         sink = StdoutSink(sys.stdout.buffer, metrics)
@@ -80,20 +83,22 @@ def agent(
         if main:
             signal.signal(signal.SIGTERM, previous)
     if left:
-        typer.echo(f"fpstream agent: {left} messages not delivered to {settings.brokers}",
-                   err=True)
+        typer.echo(f"fpstream agent: {left} messages not delivered to "
+                   f"{settings.redact(settings.brokers)}", err=True)
         raise typer.Exit(1)
 
 
 def _load(config: Path | None, brokers: str | None, topic: str | None,
-          hostname: str | None) -> tuple[AgentConfig, Settings]:
+          hostname: str | None, metrics_host: str | None = None
+          ) -> tuple[AgentConfig, Settings]:
     """The agent config and the settings, or exit 2 with the message naming the bad field."""
     try:
         agent_config = (load_config(config, hostname) if config is not None
                         else default_config(hostname))
         settings_file = config if config is not None and _has_settings_table(config) else None
         settings = load_settings(settings_file,
-                                 overrides={"brokers": brokers, "topic_metrics": topic})
+                                 overrides={"brokers": brokers, "topic_metrics": topic,
+                                            "metrics_host": metrics_host})
     except (ConfigError, SettingsError) as ex:
         typer.echo(f"fpstream agent: {ex}", err=True)
         raise typer.Exit(2) from ex

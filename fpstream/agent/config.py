@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fpstream.events import ID_PATTERN, MAX_LABEL_VALUE_LEN, METRIC_NAME_PATTERN
+from fpstream.events import ID_PATTERN, ID_RULE, MAX_LABEL_VALUE_LEN, METRIC_NAME_PATTERN
 
 SeriesKind = Literal["counter", "gauge", "histogram_mean"]
 SERIES_KINDS: tuple[SeriesKind, ...] = ("counter", "gauge", "histogram_mean")
@@ -188,7 +188,7 @@ class _Parser:
 
     def ident(self, raw: Any, where: str) -> str:
         if not isinstance(raw, str) or not 1 <= len(raw) <= 128 or not ID_PATTERN.fullmatch(raw):
-            raise self.error(where, f"expected an id matching [A-Za-z0-9._:/@-]{{1,128}}, "
+            raise self.error(where, f"expected an id matching {ID_RULE.format(n=128)}, "
                                     f"got {raw!r}")
         return raw
 

@@ -215,7 +215,8 @@ def _rows(lines: Iterable[str], skipped: Counter[str]) -> np.ndarray:
 
 _GENERIC_TLDS = frozenset({"com", "net", "org", "edu", "gov", "mil", "int", "info", "biz",
                            "arpa", "name", "pro", "aero", "coop", "museum"})
-_BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9._:/@-]")
+# A character outside the id grammar, or dots that would make a '..'.
+_BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9._:@-]|\.\.+")
 PLANETLAB_STEP_S = 300.0
 PLANETLAB_STEPS = 288
 

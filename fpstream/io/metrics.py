@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -184,7 +185,10 @@ class FlowMetrics:
         wrapper.__name__ = getattr(fn, "__name__", step)
         return wrapper
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Expose ``/metrics`` on ``port``; 0 means no exposition."""
-        if port:
-            start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1") -> WSGIServer | None:
+        """Expose ``/metrics`` on ``host:port`` (the ``metrics_host`` setting; loopback unless
+        told otherwise); port 0 means no exposition. Returns the server, to shut it down."""
+        if not port:
+            return None
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return server

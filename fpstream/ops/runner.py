@@ -6,6 +6,7 @@ on a laptop, in the demo, in tests and in a Kubernetes StatefulSet.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,20 +16,26 @@ from dataclasses import fields
 from pathlib import Path
 
 from fpstream.io.embedded import die_with_parent
-from fpstream.settings import Settings
+from fpstream.settings import Settings, SettingsError
 
 FLOW_TARGET = "flows.fleet:flow"
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """Every setting as the ``FPSTREAM_*`` variable ``load_settings`` reads back."""
+    """Every setting as the ``FPSTREAM_*`` variable ``load_settings`` reads back, to the same
+    value and type: option tables travel as JSON objects (``{"socket_timeout": 5}``)."""
     env: dict[str, str] = {}
     for f in fields(settings):
         value = getattr(settings, f.name)
         if value is None:
             continue
         if isinstance(value, dict):
-            value = ",".join(f"{k}={v}" for k, v in value.items())
+            try:
+                value = json.dumps(value, separators=(",", ":"), allow_nan=False)
+            except (TypeError, ValueError) as ex:
+                msg = (f"setting {f.name}: only text, numbers, booleans, arrays and tables "
+                       f"can travel to worker processes ({ex})")
+                raise SettingsError(msg) from ex
         env[f"FPSTREAM_{f.name.upper()}"] = str(value)
     return env
 

@@ -114,12 +114,17 @@ def status(
     try:
         client = connect(settings)
     except ConnectionError as ex:
-        typer.echo(f"fpstream status: {ex}", err=True)
+        typer.echo(f"fpstream status: {settings.redact(str(ex))}", err=True)
+        raise typer.Exit(2) from ex
+    except (ValueError, TypeError) as ex:  # a URL or an option redis-py refuses
+        typer.echo(f"fpstream status: cannot reach Redis at {mask_url(settings.redis_url)}: "
+                   f"{settings.redact(str(ex))}", err=True)
         raise typer.Exit(2) from ex
     try:
         report = read_status(client, settings, limit)
     except redis.RedisError as ex:
-        typer.echo(f"fpstream status: reading {mask_url(settings.redis_url)}: {ex}", err=True)
+        typer.echo(f"fpstream status: reading {mask_url(settings.redis_url)}: "
+                   f"{settings.redact(str(ex))}", err=True)
         raise typer.Exit(2) from ex
     finally:
         client.close()

@@ -369,7 +369,7 @@ def test_ids_with_shell_metacharacters_never_reach_a_shell(
         xadd(redis_client, settings, allocation("web", instance, i + 1))
     xadd(redis_client, settings, replace(allocation("web", "vm-2", 1),
                                          instance_type=f"m.large;touch {pwned}"))
-    good = allocation("web.eu@team", "ns/pod-1:8080", 1)
+    good = allocation("web.eu@team", "ns.pod-1:8080", 1)
     RedisPublisher(redis_client, settings).write([good])
     backend = CommandBackend([sys.executable, str(recorder), "{app}", "{instance}",
                               "{instance_type}", "{cpu_millicores}m"])
@@ -377,7 +377,7 @@ def test_ids_with_shell_metacharacters_never_reach_a_shell(
     drive([act], lambda: group_state(redis_client, settings) == {"pending": 0, "lag": 0})
     assert not pwned.exists()
     assert argv_log.read_text().splitlines() == [
-        '["web.eu@team", "ns/pod-1:8080", "m.large", "500m"]']
+        '["web.eu@team", "ns.pod-1:8080", "m.large", "500m"]']
     letters = redis_client.xrange(settings.key("actuator", "deadletter"))
     assert len(letters) == 5
     for _, fields in letters:

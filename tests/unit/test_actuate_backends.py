@@ -142,11 +142,11 @@ def test_real_process_gets_odd_but_valid_ids_as_literal_arguments(tmp_path: Path
     out = tmp_path / "argv.json"
     script.write_text("import json, sys\n"
                       f"open({str(out)!r}, 'w').write(json.dumps(sys.argv[1:]))\n")
-    odd = alloc(app="web.eu@team:x", instance="ns/pod-1:8080")
+    odd = alloc(app="web.eu@team:x", instance="ns.pod-1:8080")
     backend = CommandBackend([sys.executable, str(script), "{app}", "{instance}", "{id}"])
     backend.apply(odd)
-    assert json.loads(out.read_text()) == ["web.eu@team:x", "ns/pod-1:8080",
-                                           "web.eu@team:x/ns/pod-1:8080/3"]
+    assert json.loads(out.read_text()) == ["web.eu@team:x", "ns.pod-1:8080",
+                                           "web.eu@team:x/ns.pod-1:8080/3"]
 
 
 # -- kubernetes backend -----------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_kubectl_argv_uses_the_resize_subresource_and_a_strategic_patch() -> Non
     assert kwargs["shell"] is False
 
 
-@pytest.mark.parametrize("instance", ["ns/pod", "pod@node", "Pod-1", "pod:1", "-pod"])
+@pytest.mark.parametrize("instance", ["pod_1", "pod@node", "Pod-1", "pod:1", "-pod"])
 def test_pod_names_outside_dns_1123_are_refused(instance: str) -> None:
     run = Recorder()
     with pytest.raises(ApplyError, match="DNS-1123") as info:
@@ -210,12 +210,12 @@ def test_kubectl_failure_is_retryable() -> None:
 
 def test_file_backend_writes_one_json_file_per_instance(tmp_path: Path) -> None:
     backend = FileBackend(tmp_path)
-    a = alloc(app="web/eu", instance="pod:1@node")
+    a = alloc(app="web.eu", instance="pod:1@node")
     backend.apply(a)
-    path = tmp_path / "web%2Feu" / "pod%3A1%40node.json"
+    path = tmp_path / "web.eu" / "pod%3A1%40node.json"
     assert backend.path_for(a) == path
     assert orjson.loads(path.read_bytes()) == orjson.loads(encode(a))
-    newer = replace(a, id="web/eu/pod:1@node/4", reserve={"cpu_cores": 2.0})
+    newer = replace(a, id="web.eu/pod:1@node/4", reserve={"cpu_cores": 2.0})
     backend.apply(newer)
     assert orjson.loads(path.read_bytes())["id"] == newer.id
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp files left
@@ -230,7 +230,7 @@ def test_file_backend_is_idempotent(tmp_path: Path) -> None:
     assert backend.path_for(alloc()).read_bytes() == first
 
 
-@pytest.mark.parametrize("value", ["..", ".", ".hidden", "a/../../etc", "@:/"])
+@pytest.mark.parametrize("value", [".", ".hidden", "@:", "a.", ".-."])
 def test_file_names_stay_inside_the_directory(tmp_path: Path, value: str) -> None:
     backend = FileBackend(tmp_path / "out")
     a = alloc(app=value, instance=value)
@@ -240,12 +240,21 @@ def test_file_names_stay_inside_the_directory(tmp_path: Path, value: str) -> Non
     assert path.parent.parent == (tmp_path / "out").resolve()
 
 
+@pytest.mark.parametrize("value", ["..", "a/../../etc", "@:/", "a\\b"])
+def test_path_like_ids_write_nothing(tmp_path: Path, value: str) -> None:
+    backend = FileBackend(tmp_path / "out")
+    with pytest.raises(ApplyError, match="must match") as info:
+        backend.apply(alloc(app="web", instance=value))
+    assert not info.value.retryable
+    assert not (tmp_path / "out").exists()
+
+
 def test_distinct_ids_get_distinct_file_names() -> None:
-    ids = ["a/b", "a%2Fb", "a:b", "a@b", ".a", "%2Ea", "a.b", "a-b", "a_b"]
+    ids = ["a%3Ab", "a:b", "a@b", ".a", "%2Ea", "a.b", "a-b", "a_b", "a."]
     valid = [i for i in ids if "%" not in i]
     assert len({safe_name(i) for i in valid}) == len(valid)
     with pytest.raises(ApplyError):
-        safe_name("a%2Fb")  # '%' is outside the contract, so no id can forge an encoding
+        safe_name("a%3Ab")  # '%' is outside the contract, so no id can forge an encoding
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(

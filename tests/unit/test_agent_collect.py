@@ -43,7 +43,7 @@ def test_instance_template() -> None:
     assert instance_id("{hostname}-{pid}", hostname="vm 1", pid=42) == "vm-1-42"
     assert instance_id("{unit}", unit=None) == "unknown"
     assert instance_id("{app}@{cgroup}", app="db", cgroup="/system.slice/db.service") == \
-        "db@/system.slice/db.service"
+        "db@-system.slice-db.service"
 
 
 def test_rules_and_first_app_wins() -> None:

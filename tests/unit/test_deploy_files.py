@@ -318,3 +318,23 @@ def test_configmap_keys_are_settings_with_valid_values() -> None:
         assert key[len("FPSTREAM_"):].lower() in SETTING_NAMES, f"{key} is no setting"
     settings = load_settings(env=cm)
     assert settings.metrics_port == int(cm["FPSTREAM_METRICS_PORT"])
+
+
+# --- exposure ------------------------------------------------------------------------------
+
+def test_metrics_listen_on_all_interfaces_only_inside_pods_and_containers() -> None:
+    """Processes bind 127.0.0.1 by default; a pod or a container must be reachable from outside
+    it (kubelet probes, Prometheus), so the manifests say so, and the host publishes nothing
+    beyond its own loopback interface."""
+    cm = configmap()
+    assert cm["FPSTREAM_METRICS_HOST"] == "0.0.0.0"
+    assert load_settings(env=cm).metrics_host == "0.0.0.0"
+    services = compose()["services"]
+    for name in ("flow", "actuator"):
+        env = services[name]["environment"]
+        assert env["FPSTREAM_METRICS_HOST"] == "0.0.0.0", name
+        assert load_settings(env={k: str(v) for k, v in env.items()}).metrics_host == "0.0.0.0"
+    published = [(name, str(p)) for name, s in services.items() for p in s.get("ports", [])]
+    assert published, "compose publishes Grafana, Prometheus and the metrics ports"
+    for name, port in published:
+        assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"

@@ -166,3 +166,16 @@ def test_bad_arm_in_toml_names_file_and_arm(tmp_path: Path) -> None:
                    'headroom = 0.1\n')
     with pytest.raises(SettingsError, match="arms defined twice"):
         load_settings(cfg, env={})
+
+
+def test_metrics_host_defaults_to_loopback_and_is_one_setting(tmp_path: Path) -> None:
+    assert Settings().metrics_host == "127.0.0.1"
+    assert load_settings(env={"FPSTREAM_METRICS_HOST": "0.0.0.0"}).metrics_host == "0.0.0.0"
+    cfg = tmp_path / "fp.toml"
+    cfg.write_text('[fpstream]\nmetrics_host = "::1"\n')
+    assert load_settings(cfg, env={}).metrics_host == "::1"
+    assert load_settings(env={}, overrides={"metrics_host": "10.0.0.7"}).metrics_host == \
+        "10.0.0.7"
+    for bad in ("", "a b", "http://x"):
+        with pytest.raises(SettingsError, match="metrics_host"):
+            load_settings(env={"FPSTREAM_METRICS_HOST": bad})

@@ -64,7 +64,7 @@ streams = st.tuples(
     st.lists(
         st.tuples(
             st.one_of(st.integers(0, 900).map(float), st.floats(0.0, 900.0)),  # ts offset
-            st.sampled_from(["a", "b", "c/1", "d"]),
+            st.sampled_from(["a", "b", "c.1", "d"]),
             st.floats(0.0, 8.0),
         ),
         max_size=60,
