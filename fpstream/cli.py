@@ -309,11 +309,13 @@ def _register_subsystems() -> None:
     from fpstream.agent.command import agent
     from fpstream.backtest.command import backtest
     from fpstream.ops.status import status
+    from fpstream.ops.watch import watch
 
     app.command()(actuate)
     app.command()(agent)
     app.command()(backtest)
     app.command()(status)
+    app.command()(watch)
 
 
 _register_subsystems()
