@@ -198,10 +198,11 @@ def demo(
 ) -> None:
     """Run everything on an embedded broker and Redis, fed by the simulator, with a live view."""
     from fpstream.ops.demo import DemoOptions, run_demo
+    from fpstream.ops.watch import program_name
 
     settings = build_settings(config)
     opts = DemoOptions(duration_s=duration, apps=apps, speed=speed, bad_share=bad_share,
-                       seed=seed, live=sys.stdout.isatty())
+                       seed=seed, live=sys.stdout.isatty(), program=program_name())
     try:
         summary = run_demo(settings, opts)
     except KeyboardInterrupt:
