@@ -38,7 +38,16 @@ class Lines:
     def __init__(self, pipe: IO[str]) -> None:
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
-        threading.Thread(target=self._read, args=(pipe,), daemon=True).start()
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def rest(self, timeout: float = 30.0) -> list[str]:
+        """Every line not yet seen, up to the end of the pipe (the child has exited)."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the pipe is still open"
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return self.seen
 
     def _read(self, pipe: IO[str]) -> None:
         for line in pipe:
