@@ -43,16 +43,25 @@ def sequence(allocation_id: str) -> int:
 
 
 class AppliedState:
-    """The newest allocation applied per (app, instance), kept in a JSON file if given."""
+    """The newest allocation applied per (app, instance), kept in a JSON file if given.
 
-    def __init__(self, path: Path | None = None) -> None:
+    fpstream forgets an instance it has heard nothing from for ``app_ttl_s`` (a day by
+    default), and its sequence starts again if it comes back: an allocation at least
+    ``forget_after`` seconds (event time) after the last one applied starts a new life.
+    """
+
+    def __init__(self, path: Path | None = None, forget_after: float = 86_400.0) -> None:
         self.path = path
+        self.forget_after = forget_after
         self.applied: dict[str, dict[str, dict[str, Any]]] = {}
         if path is not None and path.exists():
             self.applied = json.loads(path.read_text())
 
+    def last(self, app: str, instance: str) -> dict[str, Any] | None:
+        return self.applied.get(app, {}).get(instance)
+
     def last_seq(self, app: str, instance: str) -> int:
-        doc = self.applied.get(app, {}).get(instance)
+        doc = self.last(app, instance)
         return -1 if doc is None else sequence(doc["id"])
 
     def decide(self, alloc: dict[str, Any]) -> str | None:
@@ -61,12 +70,16 @@ class AppliedState:
             return f"schema version {alloc.get('v')!r} is not {SUPPORTED_VERSION}"
         try:
             seq = sequence(alloc["id"])
-            app, instance = alloc["app"], alloc["instance"]
-        except (KeyError, IndexError, ValueError, AttributeError):
+            app, instance, ts = alloc["app"], alloc["instance"], float(alloc["ts"])
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError):
             return "not an allocation"
-        last = self.last_seq(app, instance)
-        if seq <= last:
-            return f"seq {seq} is not newer than {last}"
+        last = self.last(app, instance)
+        if last is None or ts - last["ts"] >= self.forget_after:
+            return None  # new, or forgotten by fpstream and back: its sequence restarted
+        if last["ts"] - ts >= self.forget_after:
+            return "from an earlier life of the instance"
+        if seq <= sequence(last["id"]):
+            return f"seq {seq} is not newer than {sequence(last['id'])}"
         return None
 
     def record(self, alloc: dict[str, Any]) -> None:
@@ -150,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topic", default="fpstream.allocations")
     parser.add_argument("--group", default="allocation-applier", help="Consumer group.")
     parser.add_argument("--state", type=Path, help="Where to keep what was applied (JSON).")
+    parser.add_argument("--forget-after", type=float, default=86_400.0,
+                        help="fpstream's app_ttl_s: seconds after which an instance is new.")
     args = parser.parse_args(argv)
 
     stopping = False
@@ -159,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
-    state = AppliedState(args.state)
+    state = AppliedState(args.state, args.forget_after)
     consumer = make_consumer(args.brokers, args.group)
     consumer.subscribe([args.topic])
     try:
