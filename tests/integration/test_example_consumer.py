@@ -26,7 +26,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "apply_allocations.
 def alloc(app: str, instance: str, seq: int, v: int = 1) -> Allocation:
     return Allocation(f"{app}/{instance}/{seq}", TS + 300 * seq, app, instance,
                       "proactive" if seq == 0 else "resize", "m.large",
-                      {**RESERVE, "cpu_cores": 0.5 + seq}, PREDICTED, 1, 0.8, "balanced", 1, v)
+                      {**RESERVE, "cpu_cores": 0.5 + seq}, PREDICTED, 1, 0.8, "balanced", 1, v=v)
 
 
 def committed(settings: Settings, group: str, partitions: int = 2) -> int:
