@@ -2,9 +2,9 @@
 
 Partitions are assigned directly, never through a consumer group: watching starts at once on
 any broker, commits nothing and leaves every group's offsets where they are. It starts at the
-end of each partition (``--from-beginning``: at the start), resolved to concrete offsets before
-the first line on standard error says it is following, so an event produced after that line is
-always shown. Registered by ``fpstream/cli.py``; imports nothing from the CLI.
+end of each partition (``--from-beginning``: at the start), and reaches it before the line on
+standard error says it is following, so an event produced after that line is always shown.
+Registered by ``fpstream/cli.py``; imports nothing from the CLI.
 
 >>> print(format_event({"ts": 1767571500.0, "id": "web-003/vm-1/2", "app": "web-003",
 ...     "instance": "vm-1", "kind": "resize", "instance_type": "m.large", "policy": "lean",
