@@ -53,9 +53,11 @@ from fpstream.events import (
 )
 from fpstream.model import ClusterDef
 from fpstream.policy import RESERVE_FIELDS
+from fpstream.settings import Settings
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _SOURCE_DIR = Path(__file__).parent / "schemas"
+_TOPICS = Settings()  # default topic names, for the descriptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,20 +71,21 @@ class _Event:
 
 _EVENTS: tuple[_Event, ...] = (
     _Event("metric-sample", MetricSample, "Metric sample", True,
-           "Kafka topic fpstream.metrics (setting topic_metrics), key = app id."),
+           f"Kafka topic {_TOPICS.topic_metrics} (setting topic_metrics), key = app id."),
     _Event("deploy-request", DeployRequest, "Deploy request", True,
-           "Kafka topic fpstream.deploys (setting topic_deploys), key = app id. On that topic "
-           "'requested' is optional; where the kind is inferred from the fields (fpstream "
-           "validate), an object is a deploy request only if it has 'requested'."),
+           f"Kafka topic {_TOPICS.topic_deploys} (setting topic_deploys), key = app id. "
+           "On that topic 'requested' is optional; where the kind is inferred from the fields "
+           "(fpstream validate), an object is a deploy request only if it has 'requested'."),
     _Event("allocation", Allocation, "Allocation", False,
-           "Kafka topic fpstream.allocations (setting topic_allocations), key = app id, header "
-           "fpstream-id = id; also the 'data' field of the Redis stream <prefix>:allocations and "
-           "the values of the hash <prefix>:desired:<app> (field = instance)."),
+           f"Kafka topic {_TOPICS.topic_allocations} (setting topic_allocations), "
+           "key = app id, header fpstream-id = id; also the 'data' field of the Redis stream "
+           "<prefix>:allocations and the values of the hash <prefix>:desired:<app> "
+           "(field = instance)."),
     _Event("anomaly", Anomaly, "Anomaly", False,
-           "Kafka topic fpstream.anomalies (setting topic_anomalies), key = app id, header "
-           "fpstream-id = id."),
+           f"Kafka topic {_TOPICS.topic_anomalies} (setting topic_anomalies), "
+           "key = app id, header fpstream-id = id."),
     _Event("dead-letter", DeadLetter, "Dead letter", False,
-           "Kafka topic fpstream.deadletter (setting topic_deadletter), key = reason."),
+           f"Kafka topic {_TOPICS.topic_deadletter} (setting topic_deadletter), key = reason."),
     _Event("cluster", ClusterDef, "Cluster definition", False,
            "Redis, not Kafka: the values of the hash <prefix>:clusters (field = cluster id), "
            "replaced as a whole at every re-clustering together with the hash "
