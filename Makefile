@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check fpstream flows tests benchmarks
+	$(BIN)/ruff check fpstream flows tests benchmarks examples
 	$(BIN)/mypy
 
 clean:

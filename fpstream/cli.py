@@ -203,10 +203,11 @@ def demo(
 ) -> None:
     """Run everything on an embedded broker and Redis, fed by the simulator, with a live view."""
     from fpstream.ops.demo import DemoOptions, run_demo
+    from fpstream.ops.watch import program_name
 
     settings = build_settings(config)
     opts = DemoOptions(duration_s=duration, apps=apps, speed=speed, bad_share=bad_share,
-                       seed=seed, live=sys.stdout.isatty())
+                       seed=seed, live=sys.stdout.isatty(), program=program_name())
     try:
         summary = run_demo(settings, opts)
     except KeyboardInterrupt:
@@ -314,11 +315,13 @@ def _register_subsystems() -> None:
     from fpstream.agent.command import agent
     from fpstream.backtest.command import backtest
     from fpstream.ops.status import status
+    from fpstream.ops.watch import watch
 
     app.command()(actuate)
     app.command()(agent)
     app.command()(backtest)
     app.command()(status)
+    app.command()(watch)
 
 
 _register_subsystems()

@@ -15,7 +15,7 @@ import orjson
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from fpstream.events import Allocation, encode
+from fpstream.events import SCHEMA_VERSION, Allocation, encode
 from fpstream.experiment import ExperimentSnapshot
 from fpstream.model import ClusterDef, ClusterSnapshot
 from fpstream.settings import Settings, mask_url
@@ -112,7 +112,7 @@ class RedisPublisher:
         pipe.delete(s.key("clusters"), s.key("app_cluster"))
         if snap.clusters:
             pipe.hset(s.key("clusters"), mapping={
-                str(c.id): orjson.dumps(_cluster_doc(c)) for c in snap.clusters})
+                str(c.id): orjson.dumps(cluster_doc(c)) for c in snap.clusters})
         if snap.apps:
             pipe.hset(s.key("app_cluster"), mapping={a: str(c) for a, c in snap.apps.items()})
         pipe.set(s.key("clusters", "version"), snap.version)
@@ -124,9 +124,10 @@ def experiment_doc(snap: ExperimentSnapshot) -> bytes:
     return orjson.dumps({**snap.summary, "name": snap.name, "ts": snap.ts})
 
 
-def _cluster_doc(c: ClusterDef) -> dict[str, Any]:
+def cluster_doc(c: ClusterDef) -> dict[str, Any]:
+    """The JSON stored per cluster in ``<prefix>:clusters`` (schema ``cluster``)."""
     return {"id": c.id, "ts": c.ts, "version": c.version, "members": c.members,
-            "centroid": list(c.centroid), "needs": c.needs}
+            "centroid": list(c.centroid), "needs": c.needs, "v": SCHEMA_VERSION}
 
 
 class _Partition(StatelessSinkPartition[Any]):

@@ -8,6 +8,7 @@ table shows what the flow is doing. Everything is stopped on exit, Ctrl-C includ
 from __future__ import annotations
 
 import dataclasses
+import sys
 import tempfile
 import threading
 import time
@@ -28,6 +29,7 @@ from fpstream.io.embedded import EmbeddedServices, free_port
 from fpstream.io.kafka import read_to_end
 from fpstream.io.producer import MessageProducer
 from fpstream.ops.runner import FlowProcess, flow_command
+from fpstream.ops.watch import watch_command
 from fpstream.settings import Settings
 from fpstream.simulator import START_TS, archetype_of, simulate
 
@@ -40,6 +42,7 @@ class DemoOptions:
     bad_share: float = 0.01
     seed: int = 42
     live: bool = True
+    program: str = "fpstream"  # how to call fpstream in the watch command it prints
 
 
 class _Feeder(threading.Thread):
@@ -166,6 +169,8 @@ def run_demo(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
     with EmbeddedServices(topics, partitions=settings.partitions, workdir=workdir) as svc:
         settings = dataclasses.replace(settings, brokers=svc.brokers, redis_url=svc.redis_url,
                                        metrics_port=free_port())
+        print(f"fpstream demo: watch what it decides with: "
+              f"{watch_command(settings, opts.program)}", file=sys.stderr, flush=True)
         flow = FlowProcess(settings, flow_command(), log_path=workdir / "flow.log").start()
         minutes = (opts.duration_s or 7 * 86_400 / opts.speed) * opts.speed / 60
         feeder = _Feeder(settings, opts, minutes)
