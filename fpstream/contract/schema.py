@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fpstream.events import (
+    CAPACITY_MULTIPLE,
     DEFAULT_LIMITS,
     ID_PATTERN,
     MAX_INTERVAL_S,
@@ -50,6 +51,7 @@ from fpstream.events import (
     DeployRequest,
     Limits,
     MetricSample,
+    metric_bound,
 )
 from fpstream.model import ClusterDef
 from fpstream.policy import RESERVE_FIELDS
@@ -177,13 +179,22 @@ def _refinements(limits: Limits) -> dict[str, dict[str, dict[str, Any]]]:
               "description": "Free-form labels (image, team, tier, ...): the features a new "
                              "instance is matched to known applications by."}
 
+    def bounded(metric: str) -> dict[str, Any]:
+        return {"type": "number", "minimum": 0, "maximum": metric_bound(metric)}
+
     def gauges(required: bool, what: str) -> dict[str, Any]:
         schema: dict[str, Any] = {
             "type": "object" if required else ["object", "null"],
             "maxProperties": limits.max_metrics, "propertyNames": {"pattern": name},
-            "additionalProperties": {"type": "number", "minimum": 0},
+            "properties": {"cpu_cores": bounded("cpu_cores")},
+            "patternProperties": {"_bytes$": bounded("any_bytes")},
+            "additionalProperties": bounded("any_rate"),
             "description": f"{what} Resource names: {', '.join(RESOURCES)} (cores, bytes, "
-                           "bytes per second); app.* and proc.* gauges are optional."}
+                           "bytes per second); app.* and proc.* gauges are optional. Values "
+                           "above a plausible bound (cores, bytes, any other rate or count) "
+                           "are refused as out_of_range, and so is a usage more than "
+                           f"{CAPACITY_MULTIPLE:g} times the capacity declared for the same "
+                           "gauge (not expressible here)."}
         if required:
             schema["minProperties"] = 1
         return schema
