@@ -17,12 +17,17 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from fpstream.events import DeadLetter, DeployRequest
+from fpstream.digest import Digest
+from fpstream.events import Allocation, DeadLetter, DeployRequest
+from fpstream.fleet.stage import FleetConfig
 from fpstream.ingest import AppSeen, Evict, Progress, SampleBatch
+from fpstream.instance.stage import InstanceConfig
+from fpstream.io.fleet_step import FleetLogic, is_redis_only
+from fpstream.io.instance_step import InstanceLogic
 from fpstream.io.kafka import input_partitions, make_sink, make_source, to_message, to_raw
 from fpstream.io.metrics import FlowMetrics
 from fpstream.io.redis_sink import RedisSink
-from fpstream.io.steps import ModelLogic, ProfileLogic, Steps, WindowLogic, is_redis_only
+from fpstream.io.steps import Steps
 from fpstream.settings import Settings, load_settings
 
 FLEET_KEY = "fleet"
@@ -40,7 +45,10 @@ def build_flow(
 ) -> Dataflow:
     """Assemble the flow; sources and sinks default to the configured Kafka and Redis.
 
-    ``sources`` are the input partitions (``topic:partition``) the model stage waits for
+    Two stages: the instance stage, keyed by app on any worker (windows, profile, an
+    instance's own decisions), and the fleet stage under one key, fed one digest per instance
+    per decision period (clusters, cold start, young instances, deploy requests).
+    ``sources`` are the input partitions (``topic:partition``) the fleet stage waits for
     before it moves on: by default the metrics and deploys topics' partitions when reading
     Kafka, and those that show up with another source.
     """
@@ -48,6 +56,8 @@ def build_flow(
     if sources is None:
         sources = input_partitions(settings) if source is None else ()
     steps = Steps(settings, metrics)
+    instance_config = InstanceConfig.from_settings(settings)  # one per worker, shared by apps
+    fleet_config = FleetConfig.from_settings(settings)
     timed = metrics.timed
     flow = Dataflow("fpstream")
 
@@ -55,34 +65,32 @@ def build_flow(
     raw = op.map("raw", messages, to_raw)
     decoded = op.flat_map("decode", raw, timed("decode", steps.decode))
     refused = op.branch("refused", decoded, lambda x: isinstance(x, DeadLetter))
-    direct = op.branch("direct", refused.falses, _goes_to_model)
-    batches = op.key_on("by_app", direct.falses, _app_of_batch)
+    direct = op.branch("direct", refused.falses, _goes_to_fleet)
+    batches = op.key_on("by_app", direct.falses, _app_of)
 
-    windowed = op.stateful(
-        "window", batches, lambda resume: WindowLogic(settings, metrics, resume))
-    late = op.branch("late", op.key_rm("unkey_windows", windowed),
-                     lambda x: isinstance(x, DeadLetter))
-    windows = op.key_on("windows_by_app", late.falses, lambda w: w.app)
-    profiled = op.stateful("profile", windows,
-                           lambda resume: ProfileLogic(settings, metrics, resume))
-    profiles = op.branch("failed", op.key_rm("unkey_profiles", profiled),
-                         lambda x: isinstance(x, DeadLetter))
+    decided = op.stateful("instance", batches, lambda resume: InstanceLogic(
+        instance_config, metrics, settings.app_ttl_s, resume))
+    by_instance = op.key_rm("unkey_instance", decided)
+    instance_letters = op.branch("instance_errors", by_instance,
+                                 lambda x: isinstance(x, DeadLetter))
+    digests = op.branch("digests", instance_letters.falses, lambda x: isinstance(x, Digest))
 
-    to_model = op.merge("to_model", profiles.falses, direct.trues)
-    decided = op.stateful(
-        "model", op.key_on("fleet", to_model, lambda _: FLEET_KEY),
-        lambda resume: ModelLogic(settings, metrics, resume, sources))
-    model_letters = op.branch("model_errors", op.key_rm("unkey_model", decided),
+    to_fleet = op.merge("to_fleet", digests.trues, direct.trues)
+    fleet = op.stateful(
+        "fleet", op.key_on("one_key", to_fleet, lambda _: FLEET_KEY),
+        lambda resume: FleetLogic(fleet_config, metrics, resume, sources))
+    fleet_letters = op.branch("fleet_errors", op.key_rm("unkey_fleet", fleet),
                               lambda x: isinstance(x, DeadLetter))
-    outputs = op.map("count", model_letters.falses, steps.count_output)
+    outputs = op.map("count", op.merge("outputs", digests.falses, fleet_letters.falses),
+                     steps.count_output)
     # Cluster snapshots and experiment summaries go to Redis only; the rest to Kafka too.
-    clusters = op.branch("clusters", outputs, is_redis_only)
+    redis_only = op.branch("redis_only", outputs, is_redis_only)
 
     letters = op.map("count_deadletters",
-                     op.merge("deadletters", refused.trues, late.trues, profiles.trues,
-                              model_letters.trues),
+                     op.merge("deadletters", refused.trues, instance_letters.trues,
+                              fleet_letters.trues),
                      steps.count_deadletter)
-    to_kafka = op.merge("to_kafka", clusters.falses, letters)
+    to_kafka = op.merge("to_kafka", redis_only.falses, letters)
     op.output("kafka", op.map("encode", to_kafka, lambda e: to_message(e, settings)),
               kafka_sink if kafka_sink is not None else make_sink(settings))
     to_redis = op.filter("redis_items", outputs, _for_redis)
@@ -90,18 +98,16 @@ def build_flow(
     return flow
 
 
-def _goes_to_model(item: Any) -> bool:
+def _goes_to_fleet(item: Any) -> bool:
     return isinstance(item, DeployRequest | Progress | AppSeen)
 
 
-def _app_of_batch(batch: Any) -> str:
-    assert isinstance(batch, SampleBatch | Evict)  # everything else left at "direct"
-    return batch.app
+def _app_of(item: Any) -> str:
+    assert isinstance(item, SampleBatch | Evict)  # everything else left at "direct"
+    return item.app
 
 
 def _for_redis(item: Any) -> bool:
-    from fpstream.events import Allocation
-
     return isinstance(item, Allocation) or is_redis_only(item)
 
 

@@ -1,10 +1,10 @@
-"""Anomalies: observed versus predicted, scored against each (app, resource)'s own residual spread.
+"""Anomalies: observed versus expected, scored against each (instance, resource)'s own spread.
 
 The residual is the log-ratio ``log((observed + f) / (predicted + f))`` (``f`` the resource's
 noise floor), so a 2x miss scores alike for a sidecar and a database. Its exponentially weighted
 mean and variance per key follow River's ``stats.EWMean``/``stats.EWVar`` update exactly (Finch,
 2009; a test compares them) but are kept as four floats per key: the River objects pickle to
-~380 bytes per key, and the model stage snapshots every key.
+~380 bytes per key, and every app's snapshot holds its instances' keys.
 
 The score is signed (positive: observed above prediction) and measured in spreads from the key's
 usual residual, so a model that is steadily 2x low for one app is not an anomaly; that bias is
@@ -23,9 +23,28 @@ import math
 from collections import OrderedDict
 from typing import Literal
 
-from fpstream.predict import log_ratio, noise_floor
+__all__ = ["NOISE_FLOOR", "ResidualDetector", "Severity", "log_ratio", "noise_floor"]
 
-__all__ = ["ResidualDetector", "Severity"]
+#: Levels below which a resource is noise (cores, bytes, bytes per second): a residual is a
+#: ratio of ``level + floor``, so idle resources do not produce huge ratios.
+NOISE_FLOOR: dict[str, float] = {
+    "cpu_cores": 0.01,
+    "mem_bytes": 16 * 2**20,
+    "disk_read_bps": 4096.0,
+    "disk_write_bps": 4096.0,
+    "net_rx_bps": 4096.0,
+    "net_tx_bps": 4096.0,
+}
+
+
+def noise_floor(resource: str) -> float:
+    return NOISE_FLOOR.get(resource, 1e-6)
+
+
+def log_ratio(observed: float, reference: float, floor: float) -> float:
+    """``log((observed + floor) / (reference + floor))``, finite for zeros."""
+    return math.log((observed + floor) / (reference + floor))
+
 
 Severity = Literal["warn", "critical"]
 Key = tuple[str, str]  # (app or app/instance, resource)

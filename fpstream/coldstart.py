@@ -36,11 +36,11 @@ window peak, ``A`` the proactive reserve), is tracked per level, and a level's c
 multiplied by its (smoothed) share of first-hour windows without violation. ``quality`` holds
 the fleet totals that the flow exports as Prometheus metrics.
 
-Everything is deterministic: no wall clock, no randomness (``seed`` is kept for a uniform
-constructor); ties break on sorted keys, and instances that start at the same event time
-join a group in the order of a stable hash of their names. Memory is bounded:
-``max_instances`` instance summaries (least recently updated dropped first), ``max_keys``
-evidence keys of at most ``window`` instances each, the newest by first window.
+Everything is deterministic: no wall clock, no randomness; ties break on sorted keys, and
+instances that start at the same event time join a group in the order of a stable hash of their
+names. Memory is bounded: ``max_instances`` instance summaries (least recently updated dropped
+first), ``max_keys`` evidence keys of at most ``window`` instances each, the newest by first
+window.
 """
 
 from __future__ import annotations
@@ -207,11 +207,10 @@ _SCORED: dict[str, str] = {"cpu_cores": "cpu_cores", "mem_bytes": "mem_bytes"}
 
 
 class ColdStart:
-    def __init__(self, seed: int = 0, alpha: float = 0.5, *, group_quantile: float = 0.4,
+    def __init__(self, alpha: float = 0.5, *, group_quantile: float = 0.4,
                  min_support: int = 3, window: int = 256, max_keys: int = 100_000,
                  max_instances: int = 100_000, judge_windows: int = 144,
                  min_windows: int = 12) -> None:
-        self.seed = seed  # the model is deterministic; kept for a uniform constructor
         self.classifier = naive_bayes.MultinomialNB(alpha=alpha)
         self.cluster_needs: dict[int, dict[str, float]] = {}
         self.learned = 0
@@ -495,13 +494,6 @@ class ColdStart:
         violated = fh.viol.get("cpu_cores", 0)
         self.level_windows[fh.source] = self.level_windows.get(fh.source, 0) + fh.windows
         self.level_viol[fh.source] = self.level_viol.get(fh.source, 0) + violated
-
-    def finish_all(self) -> None:
-        """End of stream: score what the tracked instances showed so far."""
-        for key in sorted(self.tracking):
-            fh = self.tracking[key]
-            if fh.windows:
-                self._finish(key, fh)
 
     def summary(self) -> dict[str, Any]:
         q = self.quality

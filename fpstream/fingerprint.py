@@ -81,17 +81,16 @@ class Fingerprinter:
     is no projection and ``transform_one`` returns zeros (``version`` 0). Each axis has its
     largest-magnitude component made positive, so a refresh does not flip signs at random.
 
-    ``seed`` is accepted for a uniform constructor; the projection is deterministic.
+    The projection is deterministic: no randomness, so no seed.
     """
 
-    def __init__(self, dims: int = 4, refresh_every: int = 500, seed: int = 0) -> None:
+    def __init__(self, dims: int = 4, refresh_every: int = 500) -> None:
         for name, value in (("dims", dims), ("refresh_every", refresh_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 msg = f"{name} must be a positive integer, got {value!r}"
                 raise ValueError(msg)
         self.dims = dims
         self.refresh_every = refresh_every
-        self.seed = seed
         self.version = 0
         self.n_features: int | None = None
         self._moments = Moments()

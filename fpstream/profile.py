@@ -378,3 +378,14 @@ def _lagged_corr(x: np.ndarray, lag: int) -> float | None:
     if saa <= 1e-12 * a.shape[0] or sbb <= 1e-12 * b.shape[0]:
         return 0.0
     return max(0.0, min(1.0, float(da @ db) / math.sqrt(saa * sbb)))
+
+
+#: Appended to the smoothed window features in ``profile_vector``.
+SHAPE_FEATURES: tuple[str, ...] = ("period_strength", "period_days", "trend")
+
+
+def profile_vector(snap: ProfileSnapshot) -> np.ndarray:
+    """The fingerprint's input: smoothed window features, then periodicity and trend."""
+    shape = np.array([snap.period_strength, snap.period_s / DAY, snap.trend], dtype=np.float64)
+    return np.nan_to_num(np.concatenate([np.asarray(snap.smoothed, dtype=np.float64), shape]),
+                         posinf=0.0, neginf=0.0)

@@ -116,7 +116,8 @@ class Settings:
     violation_cost_mem: float = float(2**40)
     max_apps: int = 100_000
     app_ttl_s: float = 86_400.0
-    # Experiment: A/B testing of allocation policies (see fpstream/experiment.py)
+    # Experiment: A/B testing of allocation policies (fpstream/instance/arms.py and
+    # fpstream/fleet/experiment.py)
     experiment_name: str = "default"
     experiment_mode: str = "split"
     arms: Arms = DEFAULT_ARMS

@@ -57,6 +57,7 @@ from fpstream.backtest.traces import (
     planetlab_vm_days,
 )
 from fpstream.backtest.tune import parse_range
+from fpstream.scoring import Score
 from fpstream.settings import Settings
 
 __all__ = ["BASELINES", "EDGES", "SERIES_BASELINES", "bucket", "coldstart_table",
@@ -97,15 +98,12 @@ def select_days(days: Sequence[str], spec: str | None) -> list[str]:
 
 
 class _Scores:
-    """Bucket hits (over all and over new pairs) and first-hour slack and violations per
-    resource (``cpu``, ``mem``) of one method's cold-start allocations."""
+    """Bucket hits (over all and over new pairs) and the first hour's ``Score`` per resource
+    (``cpu``, ``mem``) of one method's cold-start allocations."""
 
     def __init__(self) -> None:
         self.n = self.ok = self.n_new = self.ok_new = 0
-        self.alloc: defaultdict[str, float] = defaultdict(float)
-        self.slack: defaultdict[str, float] = defaultdict(float)
-        self.steps: Counter[str] = Counter()
-        self.viol: Counter[str] = Counter()
+        self.hour: dict[str, Score] = {}
 
     def add(self, predicted: int | None, actual: int, new: bool,
             reserve: dict[str, float | None], first: dict[str, np.ndarray]) -> None:
@@ -119,17 +117,13 @@ class _Scores:
             u = first.get(res)
             if a is None or u is None or not len(u):
                 continue
-            self.alloc[res] += a * len(u)
-            self.slack[res] += float(np.maximum(a - u, 0.0).sum())
-            self.steps[res] += len(u)
-            self.viol[res] += int((u > a).sum())
+            self.hour.setdefault(res, Score()).add(a, u)
 
     def first_hour(self) -> dict[str, dict[str, float | None]]:
-        return {res: {"waste": round(self.slack[res] / self.alloc[res], 4)
-                      if self.alloc[res] else None,
-                      "viol": round(self.viol[res] / self.steps[res], 4)
-                      if self.steps[res] else None}
-                for res in sorted(self.steps)} or {"cpu": {"waste": None, "viol": None}}
+        return {res: {"waste": round(sc.waste, 4) if sc.allocated else None,
+                      "viol": round(sc.viol, 4)}
+                for res, sc in sorted(self.hour.items())} or {"cpu": {"waste": None,
+                                                                     "viol": None}}
 
     def get(self) -> dict[str, Any]:
         return {"bucket_accuracy": round(self.ok / self.n, 4) if self.n else None,

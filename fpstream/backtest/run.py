@@ -38,9 +38,9 @@ import numpy as np
 import orjson
 
 from fpstream.backtest.baselines import VPA, Crane, manual, oracle
-from fpstream.backtest.score import Score, in_force
 from fpstream.backtest.traces import FORMATS, PathLike, Series, read_trace
 from fpstream.backtest.tune import fit_cost, parse_range
+from fpstream.scoring import Score, in_force
 from fpstream.settings import Settings
 
 __all__ = ["METHODS", "FlowOutput", "ReportData", "backtest_settings", "flow_allocations",
@@ -228,9 +228,9 @@ def flow_allocations(series: Sequence[Series], settings: Settings,
     from bytewax.testing import TestingSource, run_main
 
     from flows.fleet import build_flow
-    from fpstream.experiment import ExperimentSnapshot
+    from fpstream.fleet.experiment import ExperimentSnapshot
+    from fpstream.io.fleet_step import is_cluster_def
     from fpstream.io.metrics import FlowMetrics
-    from fpstream.io.steps import is_cluster_def
 
     rows: dict[Key, list[tuple[float, float, float, float]]] = {}
     out = FlowOutput({}, Counter(), arms=[p.name for p in settings.policies()])

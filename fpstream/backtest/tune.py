@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fpstream.backtest.score import Score
 from fpstream.backtest.traces import Series
+from fpstream.scoring import Score
 from fpstream.selector import OFFSETS, RuleSelector
 
 __all__ = ["fit_cost", "parse_range", "selector_score"]

@@ -53,7 +53,7 @@ from fpstream.events import (
     MetricSample,
     metric_bound,
 )
-from fpstream.model import ClusterDef
+from fpstream.fleet.stage import ClusterDef
 from fpstream.policy import RESERVE_FIELDS
 from fpstream.settings import Settings
 

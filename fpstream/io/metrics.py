@@ -15,7 +15,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 #: The stateful steps, as the eviction and error counters label them.
-STATE_STEPS: tuple[str, ...] = ("window", "profile", "model")
+STATE_STEPS: tuple[str, ...] = ("instance", "fleet")
 
 _LATENCY_BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0)
 

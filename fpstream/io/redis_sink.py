@@ -16,8 +16,8 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from fpstream.events import SCHEMA_VERSION, Allocation, encode
-from fpstream.experiment import ExperimentSnapshot
-from fpstream.model import ClusterDef, ClusterSnapshot
+from fpstream.fleet.experiment import ExperimentSnapshot
+from fpstream.fleet.stage import ClusterDef, ClusterSnapshot
 from fpstream.settings import Settings, mask_url
 
 # KEYS: stream, desired hash. ARGV: instance, seq, json, maxlen, id, app.

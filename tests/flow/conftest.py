@@ -9,7 +9,7 @@ from typing import Any
 from bytewax.connectors.kafka import KafkaSourceMessage
 
 from fpstream.events import Allocation, Anomaly, DeadLetter, event_from_dict
-from fpstream.model import ClusterDef, ClusterSnapshot
+from fpstream.fleet.stage import ClusterDef, ClusterSnapshot
 from fpstream.settings import Settings
 from fpstream.simulator import simulate
 

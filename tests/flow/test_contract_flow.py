@@ -69,18 +69,24 @@ def test_every_cluster_document_matches_its_schema(out: Outputs) -> None:
 def test_allocations_are_keyed_by_app_and_carry_their_sequence(out: Outputs,
                                                                settings: Settings) -> None:
     allocations = [m for m in out.kafka if m.topic == settings.topic_allocations]
-    last: dict[tuple[str, str], int] = {}
+    newest: dict[tuple[str, str], tuple[float, int]] = {}
+    seen: set[str] = set()
     for msg in allocations:
         doc = orjson.loads(msg.value)
         assert msg.key == doc["app"].encode()
         assert dict(msg.headers) == {"fpstream-id": doc["id"].encode()}
         prefix, seq = doc["id"].rsplit("/", 1)
         assert prefix == f"{doc['app']}/{doc['instance']}"
-        assert (int(seq) == 0) == (doc["kind"] == "proactive")
-        # In one run, each instance's sequences only grow, in the order they were emitted.
+        assert doc["id"] not in seen
+        seen.add(doc["id"])
+        # The sequence is the decision's time in whole seconds; 0 before the first sample.
+        assert int(seq) == (0 if doc["kind"] == "proactive" else round(doc["ts"]))
         key = (doc["app"], doc["instance"])
-        assert int(seq) > last.get(key, -1), doc["id"]
-        last[key] = int(seq)
+        newest[key] = max(newest.get(key, (-1.0, -1)), (doc["ts"], int(seq)))
+    # So the highest sequence of an instance is its latest decision, whatever the order the
+    # two stages emitted them in.
+    for ts, seq in newest.values():
+        assert seq == (round(ts) if seq else 0)
     for msg in out.kafka:
         doc = orjson.loads(msg.value)
         if msg.topic == settings.topic_anomalies:

@@ -1,5 +1,5 @@
 """The A/B experiment inside the real flow: arms on allocations, summaries to Redis, a bandit
-that moves the fleet to the cheaper of two equally safe arms, deterministically."""
+per app that moves its instances to the cheaper of two equally safe arms, deterministically."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from fpstream.experiment import Experiment, ExperimentSnapshot
+from fpstream.fleet.experiment import ExperimentSnapshot
+from fpstream.instance.arms import ArmAssigner
 from fpstream.io.metrics import FlowMetrics
 from fpstream.settings import Settings
 
@@ -17,11 +18,11 @@ from .test_fleet_flow import run_flow, value
 pytestmark = pytest.mark.flow
 
 # Two arms that differ only in headroom; guard rail off so that only the bandit moves anyone.
-# 15-minute periods (15 windows each) keep a period's reward from being mostly noise.
+# An instance's own periods (after 24 of warm-up, decided by the fleet) teach its app's bandit.
 BANDIT = {"experiment_mode": "bandit", "arms": "fat:0.95:0.6,lean:0.95:0.05",
-          "guard_budget": 1.0, "decision_period_s": 900.0, "recluster_s": 3600.0,
+          "guard_budget": 1.0, "decision_period_s": 300.0, "recluster_s": 3600.0,
           "experiment_name": "headroom"}
-BANDIT_SIM = {"apps": 18, "minutes": 6 * 60, "seed": 7, "bad_share": 0.0}
+BANDIT_SIM = {"apps": 18, "minutes": 10 * 60, "seed": 7, "bad_share": 0.0}
 
 
 def experiment_snapshots(out: Outputs) -> list[ExperimentSnapshot]:
@@ -58,13 +59,13 @@ def test_bandit_moves_assignments_to_the_lean_arm(bandit: Any) -> None:
     assert summary["mode"] == "bandit" and summary["name"] == "headroom"
     arms = summary["arms"]
     # Both arms are (nearly) violation-free; the lean one wastes less.
-    assert arms["fat"]["viol"] < 0.02 and arms["lean"]["viol"] < 0.02, arms
+    assert arms["fat"]["viol"] < 0.05 and arms["lean"]["viol"] < 0.05, arms
     assert arms["lean"]["waste"] < arms["fat"]["waste"]
     assert summary["differences"]["lean"]["significant"] is True
     assert summary["differences"]["lean"]["diff"] > 0
-    early = lean_share(snaps, -1, 0)  # the first hour: round-robin burn-in, then few periods
-    late = lean_share(snaps, 2, len(snaps) - 1)  # hours 4 to 6
-    print(f"lean share of assignments: first hour {early:.3f}, hours 4-6 {late:.3f}")
+    early = lean_share(snaps, -1, 1)  # two hours: burn-in, then nothing learned yet
+    late = lean_share(snaps, 6, len(snaps) - 1)  # hours 8 to 10
+    print(f"lean share of assignments: first two hours {early:.3f}, hours 8-10 {late:.3f}")
     assert late > 0.75 and late > early + 0.15, (early, late)
     # The allocations carry their arm, and the late ones are mostly lean.
     resizes = sorted((a for a in out.allocations if a.kind == "resize"), key=lambda a: a.ts)
@@ -75,13 +76,10 @@ def test_bandit_moves_assignments_to_the_lean_arm(bandit: Any) -> None:
         arms["lean"]["share"])
 
 
-def test_bandit_replays_identically(bandit: Any) -> None:
-    # Not compared with a 2-worker run: there, an app's very first window can reach the model
-    # stage after others of the same time were processed (an app joins the watermark with its
-    # first snapshot), which changes the fleet clusters' ids, and the bandits are per cluster.
+def test_bandit_replays_identically_on_two_workers(bandit: Any) -> None:
     out, _, settings = bandit
     messages, _ = kafka_messages(settings, **BANDIT_SIM)
-    again, _ = run_flow(settings, messages)
+    again, _ = run_flow(settings, messages, workers=2)
 
     def resizes(o: Outputs) -> list[tuple[Any, ...]]:
         return sorted((a.id, a.policy, a.reserve["cpu_cores"], a.reserve["mem_bytes"])
@@ -100,7 +98,7 @@ def test_split_mode_allocations_carry_an_arm_and_the_summary_reaches_redis() -> 
     assert {a.policy for a in out.allocations} <= names
     # A stable hash: every instance runs on its hashed arm, unless the guard rail moved it to
     # the conservative one; the fleet uses every arm.
-    hashed = Experiment("ab", settings.policies(), mode="split")
+    hashed = ArmAssigner("ab", settings.policies(), mode="split")
     conservative = hashed.conservative.name
     moved = set()
     for a in out.allocations:

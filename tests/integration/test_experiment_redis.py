@@ -6,10 +6,12 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from fpstream.experiment import Experiment, ExperimentSnapshot
+from fpstream.digest import Outcome
+from fpstream.fleet.experiment import Experiment, ExperimentSnapshot
+from fpstream.instance.arms import ArmAssigner
 from fpstream.io.redis_sink import RedisPublisher
 from fpstream.ops.status import read_experiment, read_status
-from fpstream.settings import Settings
+from fpstream.settings import DEFAULT_ARMS, Settings
 from tests.integration.test_status import alloc, cli
 
 pytestmark = pytest.mark.integration
@@ -22,12 +24,13 @@ def settings(services, redis_prefix) -> Settings:
 
 
 def experiment(periods: int = 10) -> Experiment:
-    ex = Experiment("ab-1", mode="split", guard_budget=1.0)
+    arms = ArmAssigner("ab-1", DEFAULT_ARMS, mode="split", guard_budget=1.0)
+    ex = Experiment(arms)
     waste = {"conservative": 0.40, "balanced": 0.25, "lean": 0.10}
     for i in range(periods * 3):
-        arm = ex.assign("app", f"i{i}", 0).name
-        ex.record("app", f"i{i}", 0, arm, waste=waste[arm] + 0.01 * (i % 5),
-                  violations=i % 2, steps=12)
+        arm = arms.peek("app", f"i{i}").name
+        ex.assigned(arm)
+        ex.record(Outcome(arm, waste[arm] + 0.01 * (i % 5), i % 2, 12))
     return ex
 
 

@@ -8,8 +8,8 @@ import typer
 from typer.testing import CliRunner
 
 from fpstream.events import Allocation
+from fpstream.fleet.stage import ClusterDef, ClusterSnapshot
 from fpstream.io.redis_sink import RedisPublisher
-from fpstream.model import ClusterDef, ClusterSnapshot
 from fpstream.ops.status import read_status, status
 from fpstream.settings import Settings
 

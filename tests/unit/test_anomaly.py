@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from river import stats
 
-from fpstream.anomaly import ResidualDetector
-from fpstream.predict import log_ratio, noise_floor
+from fpstream.anomaly import ResidualDetector, log_ratio, noise_floor
 
 KEY = ("billing-api/vm-1", "cpu_cores")
 

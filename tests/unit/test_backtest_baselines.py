@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from fpstream.backtest.baselines import VPA, Crane, DecayingHistogram, manual, oracle
-from fpstream.backtest.score import Score, in_force
 from fpstream.backtest.traces import parse_series
+from fpstream.scoring import Score, in_force
 
 DAY = 86_400.0
 HOUR = 3600.0

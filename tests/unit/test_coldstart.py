@@ -64,7 +64,7 @@ def test_nothing_known() -> None:
 
 
 def test_deterministic_and_picklable() -> None:
-    a, b = ColdStart(seed=1, min_windows=5), ColdStart(seed=1, min_windows=5)
+    a, b = ColdStart(min_windows=5), ColdStart(min_windows=5)
     _train(a)
     _train(b)
     labels = {"image": "cache", "team": "payments"}

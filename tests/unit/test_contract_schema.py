@@ -24,8 +24,8 @@ from fpstream.events import (
     MetricSample,
     encode,
 )
+from fpstream.fleet.stage import ClusterDef
 from fpstream.io.redis_sink import cluster_doc
-from fpstream.model import ClusterDef
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = {"metric-sample": MetricSample, "deploy-request": DeployRequest,

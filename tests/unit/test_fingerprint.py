@@ -183,7 +183,7 @@ def test_cost_per_item_is_small() -> None:
 def test_core_modules_import_no_adapters() -> None:
     code = (
         "import sys\n"
-        "import fpstream.fingerprint, fpstream.clustering, fpstream.predict\n"
+        "import fpstream.fingerprint, fpstream.clustering, fpstream.anomaly\n"
         "import fpstream.anomaly, fpstream.catalog, fpstream.policy\n"
         "bad = {'bytewax', 'confluent_kafka', 'redis', 'prometheus_client'} & set(sys.modules)\n"
         "print(sorted(bad))\n"

@@ -1,0 +1,408 @@
+"""The fleet stage: what needs the whole fleet, fed one digest per instance per period.
+
+The flow runs this stage under one key. It sees no windows, only what the instance stage sends
+(``fpstream.digest``), deploy requests, and the input's progress, and it applies them in event
+time order (``fpstream.ordering``) so that a replay gives the same allocations on one process
+or several, after a crash and resume as in a clean run:
+
+- **fingerprints and clusters**: every digest's profile vector is learned by the fleet's
+  fingerprint (``fpstream.fingerprint``) and its app assigned a cluster (``fpstream.
+  clustering``); every ``recluster_s`` of event time the fleet is re-clustered and published;
+- **cold start**: the windows of every digest teach the evidence groups and the label
+  classifier (``fpstream.coldstart``); a deploy request is answered with a ``proactive``
+  allocation from them, from the fleet's state at the start of the request's decision period;
+- **young instances**: an instance with too little history of its own (``Digest.mature``
+  false) is decided for here, at the end of each of its periods;
+- **the experiment**: the instances' own periods, scored where they were decided, are summed
+  per arm (``fpstream.fleet.experiment``).
+
+Contained: an exception while one digest or deploy request is applied comes back as a
+``model_error`` dead letter, the instance's fleet record is dropped, and the stage goes on.
+Bounded: at most ``max_apps`` apps (the least recently active evicted first) and instances idle
+for ``ttl_s`` of event time are dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from river import stats
+
+from fpstream.catalog import Catalog
+from fpstream.clustering import FleetClusters
+from fpstream.coldstart import ColdStart
+from fpstream.digest import Digest
+from fpstream.events import RESOURCES, Allocation, DeadLetter, DeployRequest
+from fpstream.fingerprint import Fingerprinter
+from fpstream.fleet.experiment import Experiment, ExperimentSnapshot
+from fpstream.ingest import item_letter
+from fpstream.instance.arms import ArmAssigner
+from fpstream.instance.stage import allocation
+from fpstream.ordering import EARLY, LATE, EventTimeOrder
+from fpstream.policy import Decision, Policy, changed_materially
+from fpstream.settings import Settings
+
+__all__ = ["ClusterDef", "ClusterSnapshot", "FleetConfig", "FleetStage"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterDef:
+    """What Redis publishes about a cluster: where it is, how big, what its members need."""
+
+    id: int
+    ts: float
+    version: int
+    members: int
+    centroid: tuple[float, ...]
+    needs: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSnapshot:
+    """The fleet's clusters after a re-clustering: definitions and each app's cluster.
+
+    Published as a whole, so readers never see clusters that no longer exist."""
+
+    ts: float
+    version: int
+    clusters: tuple[ClusterDef, ...]
+    apps: dict[str, int]
+
+
+Output = Allocation | ClusterSnapshot | ExperimentSnapshot | DeadLetter
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    catalog: Catalog
+    arms: ArmAssigner
+    decision_period_s: float = 300.0
+    recluster_s: float = 3600.0
+    idle_s: float = 30.0
+    n_clusters: int = 6
+    dims: int = 4
+    seed: int = 42
+    change_threshold: float = 0.10
+    ttl_s: float = 86_400.0
+    max_apps: int = 100_000
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> FleetConfig:
+        return cls(catalog=Catalog.load(s.catalog_path), arms=ArmAssigner.from_settings(s),
+                   decision_period_s=s.decision_period_s, recluster_s=s.recluster_s,
+                   idle_s=s.idle_s, n_clusters=s.n_clusters, dims=s.fingerprint_dims,
+                   seed=s.seed, change_threshold=s.change_threshold, ttl_s=s.app_ttl_s,
+                   max_apps=s.max_apps)
+
+
+@dataclass(slots=True)
+class FleetInstance:
+    """What the fleet stage keeps of one instance: its latest own need, and the decision of
+    this stage in force (a young instance's, or its proactive allocation)."""
+
+    last_ts: float
+    own: dict[str, float] = field(default_factory=dict)
+    reserve: dict[str, float] | None = None
+    instance_type: str | None = None
+    arm: str | None = None
+    proactive_sent: bool = False
+
+
+@dataclass(slots=True)
+class StageStats:
+    """Counters the flow turns into Prometheus metrics after each call."""
+
+    expired_instances: int = 0
+    expired_apps: int = 0
+    evicted_apps: int = 0
+    errors: int = 0  # exceptions contained (each item became a model_error dead letter)
+
+
+class FleetStage:
+    """Clusters, cold start and young instances' decisions (module docstring)."""
+
+    def __init__(self, config: FleetConfig, sources: Sequence[str] = ()) -> None:
+        self.config = config
+        self.order: EventTimeOrder[Digest | DeployRequest] = EventTimeOrder(
+            config.decision_period_s, config.idle_s, sources)
+        self.fingerprinter = Fingerprinter(dims=config.dims)
+        self.clusters = FleetClusters(k=config.n_clusters, seed=config.seed,
+                                      max_keys=config.max_apps)
+        self.coldstart = ColdStart(max_keys=config.max_apps, max_instances=config.max_apps)
+        self.experiment = Experiment(config.arms)
+        self.instances: dict[tuple[str, str], FleetInstance] = {}
+        # app -> its instances, the least recently active app first
+        self.apps: OrderedDict[str, set[str]] = OrderedDict()
+        self.error = {r: stats.Mean() for r in RESOURCES}
+        self.stats = StageStats()
+        self._newest = -math.inf  # the newest digest applied
+        self._next_recluster: float | None = None
+
+    # -- entry points (``arrived``: the caller's clock, for the idleness rule only) --------
+
+    def on_digest(self, digest: Digest, arrived: float = 0.0) -> list[Output]:
+        self.order.heard(digest.app, digest.ts, arrived)
+        self.order.push(digest, digest.ts, digest.app, digest.instance, LATE)
+        return self._apply(self.order.release(arrived))
+
+    def on_deploy(self, req: DeployRequest, arrived: float = 0.0) -> list[Output]:
+        """Buffer a deploy request; it is answered from the fleet's state at the start of its
+        decision period (``fpstream.ordering``)."""
+        if req.app not in self.apps:
+            # A new app joins the low watermark from its announcement, so that its first
+            # digests are not overtaken by apps on a faster worker.
+            self.order.heard(req.app, req.ts, arrived)
+        self.order.push(req, req.ts, req.app, req.instance, EARLY)
+        return self._apply(self.order.release(arrived))
+
+    def on_progress(self, source: str, ts: float, arrived: float = 0.0) -> list[Output]:
+        """An input partition has been read up to ``ts``."""
+        self.order.progress(source, ts, arrived)
+        return self._apply(self.order.release(arrived))
+
+    def on_app_seen(self, app: str, ts: float, arrived: float = 0.0) -> list[Output]:
+        """An app's first sample was read: hold the watermark for its first digests."""
+        if not self.order.knows(app):
+            self.order.heard(app, ts, arrived)
+        return []
+
+    def on_idle(self, now: float) -> list[Output]:
+        """Called when nothing arrived for a while: idle apps stop holding others back."""
+        return self._apply(self.order.release(now))
+
+    def flush(self) -> list[Output]:
+        """End of stream: apply everything buffered, then the experiment's summary as of the
+        newest event time applied."""
+        out = self._apply(self.order.flush())
+        if math.isfinite(self._newest):
+            out.append(self.experiment.snapshot(self._newest))
+        return out
+
+    def resumed(self, now: float) -> None:
+        self.order.resumed(now)
+
+    # -- applying, in event-time order -----------------------------------------------------
+
+    def _apply(self, items: list[Digest | DeployRequest]) -> list[Output]:
+        """Apply released items in order: each deploy request, and the digests of one period
+        together, so that the cold-start evidence learns their windows in event-time order
+        across instances, as they happened."""
+        out: list[Output] = []
+        period: list[Digest] = []
+        for item in items:
+            if period and (isinstance(item, DeployRequest) or
+                           self.order.period_start(item.ts) !=
+                           self.order.period_start(period[0].ts)):
+                out.extend(self._period(period))
+                period = []
+            if isinstance(item, DeployRequest):
+                try:
+                    out.extend(self._answer(item))
+                except Exception as ex:  # noqa: BLE001 - no item may stop the stage
+                    out.append(self._contained(item, ex))
+            else:
+                period.append(item)
+        if period:
+            out.extend(self._period(period))
+        return out
+
+    def _period(self, digests: list[Digest]) -> list[Output]:
+        out: list[Output] = []
+        clustered: list[tuple[Digest, int]] = []
+        for d in digests:
+            self._newest = max(self._newest, d.ts)
+            out.extend(self._maybe_recluster(d.ts))
+            try:
+                clustered.append((d, self._cluster(d)))
+            except Exception as ex:  # noqa: BLE001 - no item may stop the stage
+                out.append(self._contained(d, ex))
+        windows = sorted((end, d.app, d.instance, i, d, cluster)
+                         for d, cluster in clustered for i, end in enumerate(d.ends.tolist()))
+        failed: set[tuple[str, str]] = set()
+        for end, app, instance, i, d, cluster in windows:
+            if (app, instance) in failed:
+                continue
+            try:
+                self.coldstart.learn(d.labels, d.capacity, cluster, d.window_peak(i),
+                                     app=app, instance=instance, ts=end)
+            except Exception as ex:  # noqa: BLE001 - no item may stop the stage
+                failed.add((app, instance))
+                out.append(self._contained(d, ex))
+        for d, cluster in clustered:
+            if (d.app, d.instance) in failed:
+                continue
+            try:
+                out.extend(self._digest(d, cluster))
+            except Exception as ex:  # noqa: BLE001 - no item may stop the stage
+                out.append(self._contained(d, ex))
+        return out
+
+    def _contained(self, item: Digest | DeployRequest, ex: Exception) -> DeadLetter:
+        self.stats.errors += 1
+        self._drop_instance((item.app, item.instance))
+        what = "deploy request" if isinstance(item, DeployRequest) else "digest"
+        doc: dict[str, object] = {"app": item.app, "instance": item.instance, "ts": item.ts,
+                                  "item": what}
+        if isinstance(item, Digest):
+            doc["peak"] = item.peak
+        error = f"step fleet: {type(ex).__name__}: {ex} (the {what}'s instance starts afresh)"
+        return item_letter(item.ts, "model_error", error, doc)
+
+    def _cluster(self, d: Digest) -> int:
+        """Learn the digest's fingerprint input; the cluster of its app."""
+        self.fingerprinter.learn_one(d.vector)
+        return self.clusters.assign(d.app, self.fingerprinter.transform_one(d.vector))
+
+    def _digest(self, d: Digest, cluster: int) -> list[Output]:
+        fi = self._instance(d.app, d.instance, d.ts)
+        fi.last_ts, fi.own = d.ts, d.own
+        if d.error is not None:
+            for r, err in zip(RESOURCES, d.error.tolist(), strict=True):
+                if not math.isnan(err):
+                    self.error[r].update(err)
+        ex = self.experiment
+        ex.assigned(d.arm)
+        if d.outcome is not None:
+            ex.record(d.outcome)
+        ex.pinned(d.app, d.instance, d.pinned, d.guard_moved)
+        if d.mature:  # the instance decides its next period itself
+            fi.reserve = fi.instance_type = fi.arm = None
+            return []
+        arm = self.config.arms.arm(d.arm)
+        decision = arm.decide(d.own, self.config.catalog)
+        if not self._should_resize(fi, decision, arm):
+            return []
+        fi.reserve = dict(decision.reserve)
+        fi.instance_type = decision.instance_type.name
+        fi.arm = arm.name
+        return [allocation(d.app, d.instance, d.ts, "resize", decision, d.own, cluster,
+                           self._confidence(), self.fingerprinter.version)]
+
+    def _should_resize(self, fi: FleetInstance, decision: Decision, arm: Policy) -> bool:
+        if fi.reserve is None or fi.instance_type is None or fi.arm != arm.name:
+            return True
+        short = any(decision.need.get(k, 0.0) > v for k, v in fi.reserve.items())
+        return short or changed_materially(
+            fi.reserve, decision.reserve, fi.instance_type, decision.instance_type.name,
+            self.config.change_threshold)
+
+    def _answer(self, req: DeployRequest) -> list[Output]:
+        """Answer a deploy request with a ``proactive`` allocation (sequence 0: it precedes
+        every other decision for the instance, so a redelivered request changes nothing)."""
+        fi = self.instances.get((req.app, req.instance))
+        if fi is not None and fi.proactive_sent:
+            return []
+        known = [self.instances[(req.app, i)] for i in sorted(self.apps.get(req.app, ()))]
+        own = [k.own for k in known if k.own]
+        # Cold start answers from the app's earlier instances first, then from its labels.
+        guess = self.coldstart.predict(req.labels, req.requested, app=req.app)
+        need, confidence = guess.need, guess.confidence
+        cluster: int | None = guess.cluster
+        if own and guess.source != "app":  # app known but no cold-start history (resumed)
+            need = {r: max(o.get(r, 0.0) for o in own) for r in RESOURCES}
+            cluster, confidence = self.clusters.cluster_of(req.app), 0.9
+        if fi is None:
+            fi = self._instance(req.app, req.instance, req.ts)
+        fi.proactive_sent = True
+        # The instance's arm, drawing nothing: the arm learns from its own periods.
+        arm = self.config.arms.peek(req.app, req.instance)
+        decision = arm.decide(need, self.config.catalog)
+        # Cold-start feedback: the proactive reserve is scored over the first hour.
+        self.coldstart.track(req.app, req.instance, decision.reserve, guess.source)
+        return [allocation(req.app, req.instance, req.ts, "proactive", decision, need,
+                           -1 if cluster is None else cluster, confidence,
+                           self.fingerprinter.version)]
+
+    def _confidence(self) -> float:
+        """Higher when the instances' forecasts have been accurate so far, fleet-wide."""
+        errors = [m.get() for m in self.error.values() if m.n]
+        return 0.5 if not errors else max(0.05, 1.0 - sum(errors) / len(errors))
+
+    # -- instances and apps ---------------------------------------------------------------
+
+    def _instance(self, app: str, instance: str, ts: float) -> FleetInstance:
+        fi = self.instances.get((app, instance))
+        if fi is None:
+            if app not in self.apps and len(self.apps) >= self.config.max_apps:
+                self._evict_oldest_app()
+            fi = self.instances[(app, instance)] = FleetInstance(ts)
+            self.apps.setdefault(app, set()).add(instance)
+        self.apps.move_to_end(app)
+        return fi
+
+    def _drop_instance(self, key: tuple[str, str]) -> bool:
+        """Forget an instance; True if that was its app's last."""
+        app, instance = key
+        if self.instances.pop(key, None) is None:
+            return False
+        self.experiment.forget(app, instance)
+        members = self.apps.get(app)
+        if members is not None:
+            members.discard(instance)
+            if not members:
+                del self.apps[app]
+                self.clusters.forget(app)
+                return True
+        return False
+
+    def _evict_oldest_app(self) -> None:
+        oldest = next(iter(self.apps))  # the least recently active
+        for instance in sorted(self.apps[oldest]):
+            self._drop_instance((oldest, instance))
+        self.stats.evicted_apps += 1
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.config.ttl_s
+        for key in [k for k, fi in self.instances.items() if fi.last_ts < horizon]:
+            self.stats.expired_apps += self._drop_instance(key)
+            self.stats.expired_instances += 1
+
+    # -- clusters ---------------------------------------------------------------------------
+
+    def _maybe_recluster(self, ts: float) -> list[Output]:
+        every = self.config.recluster_s
+        if self._next_recluster is None:
+            self._next_recluster = math.ceil(ts / every) * every
+        if ts < self._next_recluster:
+            return []
+        self._next_recluster = (math.floor(ts / every) + 1) * every
+        self._expire(ts)
+        if not self.clusters.members():
+            return []
+        self.clusters.recluster()
+        return [self.cluster_snapshot(ts), self.experiment.snapshot(ts)]
+
+    def cluster_snapshot(self, ts: float) -> ClusterSnapshot:
+        needs: dict[int, dict[str, list[float]]] = {}
+        for (app, _), fi in sorted(self.instances.items()):
+            cid = self.clusters.cluster_of(app)
+            if cid is None or not fi.own:
+                continue
+            for r, v in fi.own.items():
+                needs.setdefault(cid, {}).setdefault(r, []).append(v)
+        members = self.clusters.members()
+        centroids = self.clusters.centroids()
+        defs: list[ClusterDef] = []
+        for cid in sorted(centroids):
+            typical = {r: float(sorted(vs)[len(vs) // 2]) for r, vs in needs.get(cid, {}).items()}
+            self.coldstart.set_cluster_needs(cid, typical)
+            defs.append(ClusterDef(cid, ts, self.clusters.version, members.get(cid, 0),
+                                   tuple(float(v) for v in centroids[cid]), typical))
+        apps = {app: cid for app in sorted(self.apps)
+                if (cid := self.clusters.cluster_of(app)) is not None}
+        return ClusterSnapshot(ts, self.clusters.version, tuple(defs), apps)
+
+    # -- observation ------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "apps": len(self.apps),
+            "instances": len(self.instances),
+            "clusters": len(self.clusters.centroids()),
+            "mae": {r: round(m.get(), 4) for r, m in self.error.items()},
+            "buffered": len(self.order),
+        }
