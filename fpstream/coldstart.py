@@ -6,7 +6,7 @@ Two things are learned online from every window the model stage processes:
   the fingerprint cluster it falls in (DESIGN.md, learning path step 6). It names the cluster
   of a deploy request and, when nothing closer is known, lends that cluster's typical need.
 - **need**: per instance, the 95th percentile of its window peaks (a sparse log-binned
-  histogram, bins 1.1 % wide), per resource, both absolute and relative to its size
+  histogram, bins 4.4 % wide), per resource, both absolute and relative to its size
   (``capacity``). Instances
   are indexed by *evidence keys*: the app, the full label combination, each label value, and the
   size bucket. A deploy request is answered from the most specific key that has evidence:
@@ -95,11 +95,11 @@ def size_key(size: Mapping[str, float]) -> str | None:
 
 
 class Hist:
-    """A sparse log-binned histogram (bins 2^(1/64) wide, about 1.1 %): quantiles within a
+    """A sparse log-binned histogram (bins 2^(1/16) wide, about 4.4 %): quantiles within a
     bin's width, bounded memory, deterministic, cheap to update."""
 
     __slots__ = ("bins", "n", "zeros")
-    SCALE = 64.0
+    SCALE = 16.0
 
     def __init__(self) -> None:
         self.bins: dict[int, int] = {}

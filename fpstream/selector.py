@@ -34,11 +34,11 @@ and windows, so a replay gives the same choices.
 from __future__ import annotations
 
 import math
-from collections import deque
+from typing import Any
 
 import numpy as np
 
-__all__ = ["LOOKBACKS", "MARGINS", "OFFSETS", "RuleSelector"]
+__all__ = ["LOOKBACKS", "MARGINS", "OFFSETS", "RuleGrid", "RuleSelector"]
 
 #: Look-backs, in decision periods (hourly: an hour up to two weeks).
 LOOKBACKS: tuple[int, ...] = (1, 2, 3, 6, 12, 24, 72, 168, 336)
@@ -54,12 +54,64 @@ OFFSETS: dict[str, tuple[float, ...]] = {
 WARMUP_MARGIN = 2.0
 
 
-class RuleSelector:
-    """One instance's resource: the rules' running costs and its recent period peaks."""
+class RuleGrid:
+    """The rules: every (look-back, margin, offset), shared by every selector that uses the
+    same ones. It pickles as its arguments, so an instance's snapshot does not carry it."""
 
-    __slots__ = ("violation_cost", "decay", "warmup", "lookbacks", "margins", "offsets",
-                 "_k", "_m", "_a",
-                 "_peaks", "_values", "_cost", "_period_cost", "_periods", "_choice")
+    _cache: dict[tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]], RuleGrid] = {}
+
+    def __init__(self, lookbacks: tuple[int, ...], margins: tuple[float, ...],
+                 offsets: tuple[float, ...]) -> None:
+        grid = [(k, m, a) for k in lookbacks for m in margins for a in offsets]
+        self.args = (lookbacks, margins, offsets)
+        # Rule i: the peak of the last k[i] periods times m[i], plus a[i].
+        self.k = np.array([k for k, _, _ in grid], dtype=np.int64)
+        self.m = np.array([m for _, m, _ in grid], dtype=np.float64)
+        self.a = np.array([a for _, _, a in grid], dtype=np.float64)
+        self.longest = lookbacks[-1]
+        # Warm-up rule: the longest look-back with the margin closest to WARMUP_MARGIN.
+        self.warmup_rule = min((i for i, (k, _, a) in enumerate(grid)
+                                if k == self.longest and a == 0),
+                               key=lambda i: abs(grid[i][1] - WARMUP_MARGIN))
+
+    @classmethod
+    def of(cls, lookbacks: tuple[int, ...], margins: tuple[float, ...],
+           offsets: tuple[float, ...]) -> RuleGrid:
+        key = (lookbacks, margins, offsets)
+        grid = cls._cache.get(key)
+        if grid is None:
+            grid = cls._cache[key] = cls(*key)
+        return grid
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return RuleGrid.of, self.args
+
+    def __len__(self) -> int:
+        return len(self.k)
+
+    def values(self, peaks: np.ndarray) -> np.ndarray:
+        """Each rule's allocation given the period peaks so far, newest last."""
+        running = np.maximum.accumulate(peaks[::-1].astype(np.float64))
+        return running[np.minimum(self.k, len(running)) - 1] * self.m + self.a
+
+
+def _stored(x: float) -> np.float32:
+    """``x`` as the float32 at or just above it: a peak stored is never below the peak, so a
+    later window of exactly that usage never counts as exceeding a rule built on it."""
+    y = np.float32(x)
+    return y if float(y) >= x else np.nextafter(y, np.float32(np.inf))
+
+
+class RuleSelector:
+    """One instance's resource: the rules' running costs and its recent period peaks.
+
+    Compact, since every instance holds two: costs and peaks are float32 (a stored peak
+    rounded up, see ``_stored``), the rules' allocations are derived from the peaks when
+    needed, and the grid is shared (``RuleGrid``).
+    """
+
+    __slots__ = ("violation_cost", "decay", "warmup", "grid", "_cost", "_peaks", "_periods",
+                 "_choice")
 
     def __init__(
         self,
@@ -83,60 +135,45 @@ class RuleSelector:
         self.violation_cost = float(violation_cost)
         self.decay = decay
         self.warmup = warmup
-        self.lookbacks = tuple(sorted(lookbacks))
-        self.margins = tuple(sorted(margins))
-        self.offsets = tuple(sorted(offsets))
-        # Rule i: the peak of the last _k[i] periods times _m[i], plus _a[i].
-        grid = [(k, m, a) for k in self.lookbacks for m in self.margins for a in self.offsets]
-        self._k = np.array([k for k, _, _ in grid], dtype=np.int64)
-        self._m = np.array([m for _, m, _ in grid], dtype=np.float64)
-        self._a = np.array([a for _, _, a in grid], dtype=np.float64)
-        self._peaks: deque[float] = deque(maxlen=self.lookbacks[-1])
-        self._values: np.ndarray | None = None  # each rule's allocation for this period
-        self._cost = np.zeros(len(grid))
-        self._period_cost = np.zeros(len(grid))
+        self.grid = RuleGrid.of(tuple(sorted(lookbacks)), tuple(sorted(margins)),
+                                tuple(sorted(offsets)))
+        self._cost = np.zeros(len(self.grid), dtype=np.float32)
+        self._peaks = np.zeros(0, dtype=np.float32)  # the last periods' peaks, newest last
         self._periods = 0
-        # Warm-up rule: the longest look-back with the margin closest to WARMUP_MARGIN.
-        k_max = self.lookbacks[-1]
-        self._choice = min((i for i, (k, _, a) in enumerate(grid) if k == k_max and a == 0),
-                           key=lambda i: abs(grid[i][1] - WARMUP_MARGIN))
+        self._choice = self.grid.warmup_rule
 
     def observe(self, usage: float) -> None:
         """One window's usage (its peak) in the period the current allocations are for."""
-        if self._values is None:
-            return
-        v = self._values
-        self._period_cost += np.maximum(v - usage, 0.0)
-        self._period_cost += self.violation_cost * (usage > v)
+        self.observe_many(np.array([usage], dtype=np.float64))
 
     def observe_many(self, usage: np.ndarray) -> None:
-        """``observe`` for each of the windows ``usage``, at once."""
-        if self._values is None or not len(usage):
+        """``observe`` for each of the windows ``usage``, at once (before ``close``)."""
+        if not self._periods or not len(usage):
             return
-        v = self._values[:, None]
+        v = self.grid.values(self._peaks)[:, None]
         u = np.asarray(usage, dtype=np.float64)[None, :]
-        self._period_cost += np.maximum(v - u, 0.0).sum(axis=1)
-        self._period_cost += self.violation_cost * (u > v).sum(axis=1)
+        cost = np.maximum(v - u, 0.0).sum(axis=1)
+        cost += self.violation_cost * (u > v).sum(axis=1)
+        self._cost += cost.astype(np.float32)
 
     def close(self, peak: float) -> float:
-        """The period ended with ``peak``: fold its costs in; the next period's allocation."""
-        self._cost *= self.decay
-        self._cost += self._period_cost
-        self._period_cost[:] = 0.0
-        self._peaks.append(float(peak))
+        """The period ended with ``peak``: the next period's allocation. The costs of the
+        period's windows (``observe_many``) are already in; older ones fade by ``decay``."""
+        keep = self.grid.longest - 1  # the look-back of the longest rule, this period included
+        self._peaks = np.append(self._peaks[max(0, len(self._peaks) - keep):] if keep else
+                                self._peaks[:0], _stored(peak))
         self._periods += 1
-        peaks = np.fromiter(reversed(self._peaks), dtype=np.float64, count=len(self._peaks))
-        running = np.maximum.accumulate(peaks)  # running[j]: max of the last j + 1 peaks
-        self._values = running[np.minimum(self._k, len(running)) - 1] * self._m + self._a
+        values = self.grid.values(self._peaks)
         if self._periods > self.warmup:
             self._choice = int(np.argmin(self._cost))
-        return float(self._values[self._choice])
+        self._cost *= np.float32(self.decay)
+        return float(values[self._choice])
 
     @property
     def rule(self) -> tuple[int, float, float]:
         """The rule in force: (look-back in periods, margin, offset)."""
-        c = self._choice
-        return int(self._k[c]), float(self._m[c]), float(self._a[c])
+        c, g = self._choice, self.grid
+        return int(g.k[c]), float(g.m[c]), float(g.a[c])
 
     @property
     def periods(self) -> int:

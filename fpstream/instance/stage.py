@@ -108,8 +108,7 @@ class InstanceState:
     decision in force (if any), its arm and its forecasts' error."""
 
     __slots__ = ("arm", "arms", "ends", "err", "history", "instance_type", "last_ts", "peaks",
-                 "period_end", "periods", "reserve", "selectors", "vector", "labels",
-                 "capacity")
+                 "period_end", "periods", "reserve", "selectors")
 
     def __init__(self, config: InstanceConfig, ts: float) -> None:
         self.period_end: float | None = None
@@ -119,7 +118,7 @@ class InstanceState:
                                           offsets=OFFSETS.get(r, (0.0,)))
                           for r, cost in config.violation_cost}
         #: The last ``history`` period peaks, oldest first.
-        self.history = np.zeros((0, len(RESOURCES)))
+        self.history = np.zeros((0, len(RESOURCES)), dtype=np.float32)
         self.reserve: dict[str, float] | None = None  # the own decision in force
         self.instance_type: str | None = None
         self.arm: str | None = None  # the arm of the own decision in force
@@ -127,9 +126,6 @@ class InstanceState:
         self.periods = 0
         self.last_ts = ts
         self.err = [0.0, 0]  # summed relative error of the CPU and memory forecasts, count
-        self.vector: np.ndarray | None = None
-        self.labels: dict[str, str] = {}
-        self.capacity: dict[str, float] = {}
 
 
 @dataclass
@@ -201,14 +197,12 @@ class InstanceStage:
             # A gap in the instance's windows: close the period it left open, if it has any
             # window (a period without one tells nothing to decide from).
             if inst.ends:
-                out.extend(self._close(snap.app, snap.instance, inst))
+                out.extend(self._close(snap, inst))
             inst.period_end = math.ceil(snap.ts / period) * period
         inst.ends.append(snap.ts)
         inst.peaks.append([snap.peak.get(r, 0.0) for r in RESOURCES])
-        inst.vector = profile_vector(snap)
-        inst.labels, inst.capacity = snap.labels, snap.capacity
         if snap.ts >= inst.period_end:
-            out.extend(self._close(snap.app, snap.instance, inst))
+            out.extend(self._close(snap, inst))
             inst.period_end += period
         return out
 
@@ -225,10 +219,12 @@ class InstanceStage:
 
     # -- one period -------------------------------------------------------------------------
 
-    def _close(self, app: str, instance: str, inst: InstanceState) -> list[Output]:
-        """Score the period that ended, learn from it, decide the next one, digest it."""
+    def _close(self, snap: ProfileSnapshot, inst: InstanceState) -> list[Output]:
+        """Score the period that ended, learn from it, decide the next one, digest it. The
+        app's latest snapshot gives the digest its profile vector, labels and size."""
         config = self.config
-        assert inst.period_end is not None and inst.vector is not None
+        app, instance = snap.app, snap.instance
+        assert inst.period_end is not None
         end = inst.period_end
         peaks = np.array(inst.peaks, dtype=np.float64).reshape(-1, len(RESOURCES))
         ends = np.array(inst.ends, dtype=np.float64)
@@ -243,7 +239,7 @@ class InstanceStage:
             moved = config.arms.learn(self.state.arms, inst.arms, app, outcome)
 
         error = self._forecast(app, instance, inst, end, peak, out)
-        inst.history = np.vstack([inst.history, peak])[-config.history:]
+        inst.history = np.vstack([inst.history, peak.astype(np.float32)])[-config.history:]
         own = {r: float(inst.history[:, _R[r]].max()) for r in RESOURCES}
         for r, selector in inst.selectors.items():
             selector.observe_many(peaks[:, _R[r]])
@@ -260,9 +256,10 @@ class InstanceStage:
                                       self._confidence(inst), 0))
         else:  # the fleet stage decides this instance's next period
             inst.reserve = inst.instance_type = inst.arm = None
-        out.append(Digest(app, instance, end, ends, peaks, inst.vector, inst.labels,
-                          inst.capacity, inst.periods, own, arm.name, mature, outcome, error,
-                          moved, inst.arms.pinned))
+        out.append(Digest(app, instance, end, ends, peaks.astype(np.float32),
+                          profile_vector(snap).astype(np.float32), snap.labels, snap.capacity,
+                          inst.periods, own, arm.name, mature, outcome, error, moved,
+                          inst.arms.pinned))
         return out
 
     def _forecast(self, app: str, instance: str, inst: InstanceState, end: float,

@@ -138,7 +138,7 @@ def test_a_full_group_keeps_the_newest_members_whatever_their_names() -> None:
                  ts=900.0)
     assert [m.order[0] for m in cs.index["fleet:"]] == [900.0] * 8
     assert cs.predict({}, {"cpu_cores": 8.0}, app="new").need["cpu_cores"] == \
-        pytest.approx(4.0, rel=0.02)
+        pytest.approx(4.0, rel=0.025)  # within half a bin (4.4 %)
 
 
 def test_a_snapshot_from_before_ordered_groups_resumes() -> None:

@@ -54,6 +54,24 @@ def test_observe_many_equals_observe_one_by_one() -> None:
     assert a.rule == b.rule
 
 
+def test_a_repeated_peak_is_not_a_violation_of_a_rule_built_on_it() -> None:
+    # 0.11 has no exact float32: a peak stored rounded down would make every later window of
+    # exactly that usage exceed the "last peak" rule, at a price that outweighs any slack.
+    s = RuleSelector(violation_cost=1e6, warmup=2)
+    got = run(s, [[0.11] * 12 for _ in range(10)])
+    assert s.rule == (1, 1.0, 0.0)
+    assert got[-1] >= 0.11 and got[-1] == pytest.approx(0.11, rel=1e-6)
+
+
+def test_state_is_small_and_the_grid_is_not_in_it() -> None:
+    import pickle
+
+    s = RuleSelector(violation_cost=1.0)
+    run(s, [[float(i % 5)] for i in range(1000)])
+    assert len(pickle.dumps(s)) < 2.5 * 1024  # 216 float32 costs and 336 float32 peaks
+    assert pickle.loads(pickle.dumps(s)).grid is s.grid  # shared, not copied
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="violation_cost"):
         RuleSelector(float("nan"))
