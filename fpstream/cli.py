@@ -283,7 +283,8 @@ def replay(
     """Produce a recording to a topic in recorded order: same keys, values, headers, times."""
     from confluent_kafka import KafkaException
 
-    from fpstream.ops.record import RecordError, RecordFileError, progress_bar, replay_file
+    from fpstream.ops.record import RecordError, progress_bar, replay_file
+    from fpstream.records import RecordFileError
 
     if speed is not None and as_fast:
         typer.echo("fpstream replay: give at most one of --speed X or --max", err=True)

@@ -57,6 +57,7 @@ from typing import Any
 from river import naive_bayes
 
 from fpstream.events import RESOURCES
+from fpstream.scoring import Score
 
 __all__ = ["LEVELS", "ColdStart", "FirstHour", "Guess", "Quality", "tokens"]
 
@@ -143,12 +144,6 @@ class InstanceNeed:
         self.n = 0
         self.order = order
 
-    def __setstate__(self, state: tuple[Any, dict[str, Any]]) -> None:
-        slots = state[1]
-        slots.setdefault("order", (0.0, 0))  # snapshots from before groups were ordered
-        for name, value in slots.items():
-            setattr(self, name, value)
-
     def update(self, peak: Mapping[str, float], size: Mapping[str, float]) -> None:
         self.n += 1
         for r in RESOURCES:
@@ -181,9 +176,7 @@ class FirstHour:
     reserve: dict[str, float]
     source: str
     start: float | None = None
-    alloc: dict[str, float] = field(default_factory=dict)
-    slack: dict[str, float] = field(default_factory=dict)
-    viol: dict[str, int] = field(default_factory=dict)
+    scores: dict[str, Score] = field(default_factory=dict)
     windows: int = 0
 
 
@@ -193,13 +186,11 @@ class Quality:
 
     instances: int = 0
     windows: int = 0
-    alloc: dict[str, float] = field(default_factory=dict)
-    slack: dict[str, float] = field(default_factory=dict)
-    violations: dict[str, int] = field(default_factory=dict)
+    scores: dict[str, Score] = field(default_factory=dict)
 
     def waste(self, r: str) -> float | None:
-        a = self.alloc.get(r, 0.0)
-        return None if a <= 0 else self.slack.get(r, 0.0) / a
+        score = self.scores.get(r)
+        return None if score is None or score.allocated <= 0 else score.waste
 
 
 # The reserve fields a need resource is scored against (disk and net are summed in a reserve).
@@ -232,11 +223,6 @@ class ColdStart:
         self.judge_windows = judge_windows
         self.min_windows = min_windows
         self.key_error: dict[str, list[float]] = {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # Snapshots from before groups were ordered held them in bounded deques.
-        state["index"] = OrderedDict((k, list(v)) for k, v in state["index"].items())
-        self.__dict__.update(state)
 
     # -- learning ---------------------------------------------------------------------------
 
@@ -478,28 +464,31 @@ class ColdStart:
             u = float(observed.get(r, 0.0))
             if r == "mem_bytes" and u <= 0:
                 continue  # not reported: nothing to score
-            fh.alloc[r] = fh.alloc.get(r, 0.0) + a
-            fh.slack[r] = fh.slack.get(r, 0.0) + max(a - u, 0.0)
-            fh.viol[r] = fh.viol.get(r, 0) + (u > a)
+            score = fh.scores.get(r)
+            if score is None:
+                score = fh.scores[r] = Score()
+            score.add(a, u)
 
     def _finish(self, key: tuple[str, str], fh: FirstHour) -> None:
         del self.tracking[key]
         q = self.quality
         q.instances += 1
         q.windows += fh.windows
-        for r in fh.alloc:
-            q.alloc[r] = q.alloc.get(r, 0.0) + fh.alloc[r]
-            q.slack[r] = q.slack.get(r, 0.0) + fh.slack[r]
-            q.violations[r] = q.violations.get(r, 0) + fh.viol[r]
-        violated = fh.viol.get("cpu_cores", 0)
+        for r, score in fh.scores.items():
+            total = q.scores.get(r)
+            if total is None:
+                total = q.scores[r] = Score()
+            total += score
+        cpu = fh.scores.get("cpu_cores")
+        violated = 0 if cpu is None else cpu.violations
         self.level_windows[fh.source] = self.level_windows.get(fh.source, 0) + fh.windows
         self.level_viol[fh.source] = self.level_viol.get(fh.source, 0) + violated
 
     def summary(self) -> dict[str, Any]:
         q = self.quality
         return {"instances": q.instances, "windows": q.windows,
-                "waste": {r: q.waste(r) for r in sorted(q.alloc)},
-                "violations": dict(sorted(q.violations.items())),
+                "waste": {r: q.waste(r) for r in sorted(q.scores)},
+                "violations": {r: q.scores[r].violations for r in sorted(q.scores)},
                 "levels": {lv: {"windows": n, "violations": self.level_viol.get(lv, 0)}
                            for lv, n in sorted(self.level_windows.items())}}
 

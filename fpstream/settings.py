@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from fpstream.errors import FpstreamError
 from fpstream.events import Limits
 from fpstream.masking import mask_options, mask_url, option_secrets, redact, url_secrets
 from fpstream.policy import Policy
@@ -44,7 +45,7 @@ OPTION_SETTINGS = ("kafka_options", "redis_options")
 _BIND_HOST = re.compile(r"[A-Za-z0-9.:%_-]{1,253}")
 
 
-class SettingsError(ValueError):
+class SettingsError(FpstreamError, ValueError):
     """A setting has a value it cannot take; the message names the setting."""
 
 

@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 import orjson
 
+from fpstream.errors import FpstreamError
 from fpstream.events import ID_PATTERN, ID_RULE, Allocation
 
 log = logging.getLogger("fpstream.actuate")
@@ -48,7 +49,7 @@ _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
-class ApplyError(Exception):
+class ApplyError(FpstreamError):
     """A backend could not apply an allocation; ``retryable`` says whether trying again helps."""
 
     def __init__(self, message: str, *, retryable: bool = True) -> None:

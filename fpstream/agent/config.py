@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from fpstream.errors import FpstreamError
 from fpstream.events import ID_PATTERN, ID_RULE, MAX_LABEL_VALUE_LEN, METRIC_NAME_PATTERN
 
 SeriesKind = Literal["counter", "gauge", "histogram_mean"]
@@ -33,7 +34,7 @@ MAX_LABELS = 32
 MAX_SCRAPED = 40
 
 
-class ConfigError(ValueError):
+class ConfigError(FpstreamError, ValueError):
     """The agent config is wrong; the message names the file and the field."""
 
 

@@ -18,12 +18,13 @@ from collections.abc import Callable
 from prometheus_client.parser import text_string_to_metric_families
 
 from fpstream.agent.config import ScrapeSpec, SeriesSpec
+from fpstream.errors import FpstreamError
 
 #: Per spec: a gauge's value, or a counter's total, or a histogram's (sum, count).
 Raw = dict[str, float | tuple[float, float]]
 
 
-class ScrapeError(RuntimeError):
+class ScrapeError(FpstreamError, RuntimeError):
     """The endpoint did not answer, or answered something that is not the text format."""
 
 

@@ -49,6 +49,7 @@ import numpy as np
 import orjson
 
 from fpstream.events import MetricSample, decode_message
+from fpstream.records import decode_line, open_records
 
 __all__ = ["FORMATS", "Series", "VmDay", "bitbrains_files", "parse_series", "planetlab_vm_days",
            "read_bitbrains", "read_jsonl", "read_planetlab", "read_trace", "split_host_slice"]
@@ -433,7 +434,6 @@ def _recorded_value(line: bytes) -> bytes | None:
     (an object with ``offset`` and ``value`` or ``value_b64``)."""
     if b'"offset"' not in line:
         return line
-    from fpstream.ops.record import decode_line
     try:
         doc = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -474,7 +474,6 @@ def read_jsonl(paths: PathLike | Sequence[PathLike], limit: int | None = None,
     for path in _as_paths(paths):
         if not path.is_file():
             raise FileNotFoundError(f"no recorded stream at {path}: expected a .jsonl file")
-        from fpstream.ops.record import open_records
 
         with open_records(path, "rb") as f:
             for line in f:

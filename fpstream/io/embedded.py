@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 
+from fpstream.errors import FpstreamError
+
 # Tansu completes a group join only after about half of session.timeout.ms; librdkafka's default
 # (45 s) would make every test wait ~23 s. Merge into consumer configs for the embedded broker.
 CONSUMER_DEFAULTS = MappingProxyType({"session.timeout.ms": 6000, "heartbeat.interval.ms": 2000})
@@ -35,7 +37,7 @@ CONSUMER_DEFAULTS = MappingProxyType({"session.timeout.ms": 6000, "heartbeat.int
 _PR_SET_PDEATHSIG = 1
 
 
-class EmbeddedError(RuntimeError):
+class EmbeddedError(FpstreamError, RuntimeError):
     """An embedded server could not be started or did not answer."""
 
 

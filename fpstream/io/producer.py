@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
@@ -43,10 +42,6 @@ class MessageProducer:
                 self._producer.poll(0.05)  # the local queue is full: let it drain
         self.sent += 1
         self._producer.poll(0)
-
-    def send_all(self, topic: str, items: Iterable[tuple[bytes | None, bytes]]) -> None:
-        for key, value in items:
-            self.send(topic, key, value)
 
     def flush(self, timeout: float = 60.0) -> None:
         left = self._producer.flush(timeout)

@@ -38,6 +38,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from fpstream.errors import FpstreamError
 from fpstream.events import Allocation
 from fpstream.settings import Settings, SettingsError, load_settings
 
@@ -51,7 +52,7 @@ DEFAULT_TOPICS: tuple[str, ...] = ("allocations", "anomalies")
 KINDS: tuple[str, ...] = typing.get_args(typing.get_type_hints(Allocation)["kind"])
 
 
-class WatchError(Exception):
+class WatchError(FpstreamError):
     """The topics cannot be followed (unknown topic, unreachable broker)."""
 
 

@@ -17,7 +17,8 @@ from confluent_kafka import KafkaError as ConfluentKafkaError
 from typer.testing import CliRunner
 
 from fpstream.cli import app
-from fpstream.ops.record import read_records, record_topic, replay_file
+from fpstream.ops.record import record_topic, replay_file
+from fpstream.records import read_records
 from fpstream.settings import Settings
 from fpstream.simulator import simulate
 

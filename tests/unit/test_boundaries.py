@@ -32,9 +32,31 @@ def test_core_modules_import_no_adapter_library() -> None:
     assert offenders == {}
 
 
+def core_modules() -> list[Path]:
+    return [p for p in ROOT.rglob("*.py") if p.relative_to(ROOT).parts[0] not in OUTSIDE_CORE]
+
+
 def test_core_never_reads_the_wall_clock() -> None:
-    core = [p for p in ROOT.glob("*.py") if p.name not in OUTSIDE_CORE]
+    core = core_modules()
+    assert any(p.parent.name == "instance" for p in core)
     for path in core:
         text = path.read_text()
         for call in ("time.time(", "datetime.now(", "time.monotonic("):
             assert call not in text, f"{path.name} calls {call}"
+
+
+def test_every_exception_of_the_package_has_one_root() -> None:
+    import importlib
+
+    from fpstream.errors import FpstreamError
+
+    found = []
+    for path in ROOT.rglob("*.py"):
+        name = ".".join(("fpstream", *path.relative_to(ROOT).with_suffix("").parts))
+        module = importlib.import_module(name.removesuffix(".__init__"))
+        for obj in vars(module).values():
+            if (isinstance(obj, type) and issubclass(obj, BaseException)
+                    and obj.__module__ == module.__name__ and not obj.__name__.startswith("_")):
+                found.append(obj)
+                assert issubclass(obj, FpstreamError), f"{name}.{obj.__name__}"
+    assert len(found) >= 8

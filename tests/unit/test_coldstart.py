@@ -139,21 +139,3 @@ def test_a_full_group_keeps_the_newest_members_whatever_their_names() -> None:
     assert [m.order[0] for m in cs.index["fleet:"]] == [900.0] * 8
     assert cs.predict({}, {"cpu_cores": 8.0}, app="new").need["cpu_cores"] == \
         pytest.approx(4.0, rel=0.025)  # within half a bin (4.4 %)
-
-
-def test_a_snapshot_from_before_ordered_groups_resumes() -> None:
-    """Recovery state written when groups were bounded deques of unordered members."""
-    from collections import OrderedDict, deque
-
-    old = ColdStart(min_windows=5)
-    _train(old)
-    for inst in old.instances.values():
-        object.__delattr__(inst, "order")
-    old.index = OrderedDict((k, deque(v, maxlen=len(v))) for k, v in old.index.items())
-    cs = pickle.loads(pickle.dumps(old))
-    for w in range(6):  # a new instance joins full groups
-        cs.learn({"image": "web", "team": "payments"}, REQ, 0, {"cpu_cores": 0.4},
-                 app="web-9", instance="i0", ts=60.0 * (20 + w))
-    assert cs.index["label:image=web"][-1].order[0] == 1200.0
-    g = cs.predict({"image": "web", "team": "payments"}, REQ, app="web-new")
-    assert g.source == "combo" and g.support == 5

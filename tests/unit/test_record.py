@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from fpstream.cli import app
-from fpstream.ops.record import (
+from fpstream.records import (
     Recorded,
     RecordFileError,
     compression_for,

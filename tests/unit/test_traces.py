@@ -197,7 +197,7 @@ def test_jsonl_series_per_app_and_instance(tmp_path: Path) -> None:
 
 
 def test_jsonl_reads_what_fpstream_record_wrote(tmp_path: Path) -> None:
-    from fpstream.ops.record import Recorded, encode_line, open_records
+    from fpstream.records import Recorded, encode_line, open_records
 
     t = 1.7e9
     values = [orjson.dumps(sample(t + 300 * i, "web", "i-1", 0.1 * i)) for i in range(1, 4)]
