@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -18,8 +18,9 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from fpstream.digest import Digest
-from fpstream.events import Allocation, DeadLetter, DeployRequest
-from fpstream.fleet.stage import FleetConfig
+from fpstream.events import Allocation, Anomaly, DeadLetter, DeployRequest
+from fpstream.fleet.experiment import ExperimentSnapshot
+from fpstream.fleet.stage import ClusterSnapshot, FleetConfig
 from fpstream.ingest import AppSeen, Evict, Progress, SampleBatch
 from fpstream.instance.stage import InstanceConfig
 from fpstream.io.fleet_step import FleetLogic, is_redis_only
@@ -31,6 +32,9 @@ from fpstream.io.steps import Steps
 from fpstream.settings import Settings, load_settings
 
 FLEET_KEY = "fleet"
+
+#: What the two stages emit, besides digests and dead letters.
+Output = Allocation | Anomaly | ClusterSnapshot | ExperimentSnapshot
 
 
 def build_flow(
@@ -64,33 +68,35 @@ def build_flow(
     messages = op.input("read", flow, source if source is not None else make_source(settings, tail))
     raw = op.map("raw", messages, to_raw)
     decoded = op.flat_map("decode", raw, timed("decode", steps.decode))
-    refused = op.branch("refused", decoded, lambda x: isinstance(x, DeadLetter))
-    direct = op.branch("direct", refused.falses, _goes_to_fleet)
-    batches = op.key_on("by_app", direct.falses, _app_of)
+    refused = op.branch("refused", decoded, _is_letter)
+    per_app = op.branch("per_app", refused.falses, _is_per_app)
+    batches = op.key_on("by_app", per_app.trues, _app_of)
+    direct = op.map("direct", per_app.falses, _for_fleet)
 
     decided = op.stateful("instance", batches, lambda resume: InstanceLogic(
         instance_config, metrics, settings.app_ttl_s, resume))
     by_instance = op.key_rm("unkey_instance", decided)
-    instance_letters = op.branch("instance_errors", by_instance,
-                                 lambda x: isinstance(x, DeadLetter))
-    digests = op.branch("digests", instance_letters.falses, lambda x: isinstance(x, Digest))
+    instance_letters = op.branch("instance_errors", by_instance, _is_letter)
+    decisions = op.branch("decisions", instance_letters.falses, _is_decision)
+    digests = op.map("digests", decisions.falses, _as_digest)
 
-    to_fleet = op.merge("to_fleet", digests.trues, direct.trues)
+    to_fleet = op.merge("to_fleet", digests, direct)
     fleet = op.stateful(
         "fleet", op.key_on("one_key", to_fleet, lambda _: FLEET_KEY),
         lambda resume: FleetLogic(fleet_config, metrics, resume, sources))
-    fleet_letters = op.branch("fleet_errors", op.key_rm("unkey_fleet", fleet),
-                              lambda x: isinstance(x, DeadLetter))
-    outputs = op.map("count", op.merge("outputs", digests.falses, fleet_letters.falses),
+    fleet_letters = op.branch("fleet_errors", op.key_rm("unkey_fleet", fleet), _is_letter)
+    fleet_out = op.map("fleet_outputs", fleet_letters.falses, _as_output)
+    outputs = op.map("count", op.merge("outputs", decisions.trues, fleet_out),
                      steps.count_output)
     # Cluster snapshots and experiment summaries go to Redis only; the rest to Kafka too.
     redis_only = op.branch("redis_only", outputs, is_redis_only)
+    events = op.map("events", redis_only.falses, _as_event)
 
     letters = op.map("count_deadletters",
                      op.merge("deadletters", refused.trues, instance_letters.trues,
                               fleet_letters.trues),
                      steps.count_deadletter)
-    to_kafka = op.merge("to_kafka", redis_only.falses, letters)
+    to_kafka = op.merge("to_kafka", events, letters)
     op.output("kafka", op.map("encode", to_kafka, lambda e: to_message(e, settings)),
               kafka_sink if kafka_sink is not None else make_sink(settings))
     to_redis = op.filter("redis_items", outputs, _for_redis)
@@ -98,16 +104,43 @@ def build_flow(
     return flow
 
 
-def _goes_to_fleet(item: Any) -> bool:
-    return isinstance(item, DeployRequest | Progress | AppSeen)
+def _is_letter(item: object) -> TypeGuard[DeadLetter]:
+    return isinstance(item, DeadLetter)
 
 
-def _app_of(item: Any) -> str:
-    assert isinstance(item, SampleBatch | Evict)  # everything else left at "direct"
+def _is_per_app(item: object) -> TypeGuard[SampleBatch | Evict]:
+    return isinstance(item, SampleBatch | Evict)
+
+
+def _for_fleet(item: object) -> DeployRequest | Progress | AppSeen:
+    assert isinstance(item, DeployRequest | Progress | AppSeen)  # all that "per_app" left
+    return item
+
+
+def _app_of(item: SampleBatch | Evict) -> str:
     return item.app
 
 
-def _for_redis(item: Any) -> bool:
+def _is_decision(item: object) -> TypeGuard[Allocation | Anomaly]:
+    return isinstance(item, Allocation | Anomaly)
+
+
+def _as_digest(item: object) -> Digest:
+    assert isinstance(item, Digest)  # all the instance stage emits besides the above
+    return item
+
+
+def _as_output(item: object) -> Output:
+    assert isinstance(item, Allocation | Anomaly | ClusterSnapshot | ExperimentSnapshot)
+    return item
+
+
+def _as_event(item: Output) -> Allocation | Anomaly:
+    assert isinstance(item, Allocation | Anomaly)  # snapshots went to "redis_only"
+    return item
+
+
+def _for_redis(item: Output) -> bool:
     return isinstance(item, Allocation) or is_redis_only(item)
 
 

@@ -13,7 +13,7 @@ from bytewax.operators import StatefulLogic
 from fpstream.digest import Digest
 from fpstream.events import DeadLetter, DeployRequest
 from fpstream.fleet.experiment import ExperimentSnapshot
-from fpstream.fleet.stage import ClusterSnapshot, FleetConfig, FleetStage
+from fpstream.fleet.stage import ClusterSnapshot, FleetConfig, FleetStage, Output
 from fpstream.ingest import AppSeen, Progress
 from fpstream.io.metrics import FlowMetrics
 from fpstream.io.stateful import Contained, Pickled
@@ -21,7 +21,7 @@ from fpstream.io.stateful import Contained, Pickled
 __all__ = ["FleetLogic", "is_cluster_def", "is_redis_only"]
 
 
-class FleetLogic(Pickled):
+class FleetLogic(Pickled[Digest | DeployRequest | Progress | AppSeen, Output]):
     """The single fleet-wide stage (``fpstream.fleet.stage``)."""
 
     def __init__(self, config: FleetConfig, metrics: FlowMetrics, resume: bytes | None,
@@ -42,7 +42,7 @@ class FleetLogic(Pickled):
         return self.stage
 
     def on_item(self, value: Digest | DeployRequest | Progress | AppSeen
-                ) -> tuple[Iterable[Any], bool]:
+                ) -> tuple[Iterable[Output], bool]:
         now = time.monotonic()
         if isinstance(value, Digest):
             out = self.stage.on_digest(value, now)
@@ -57,7 +57,7 @@ class FleetLogic(Pickled):
             self._observe(out)
         return out, StatefulLogic.RETAIN
 
-    def on_notify(self) -> tuple[Iterable[Any], bool]:
+    def on_notify(self) -> tuple[Iterable[Output], bool]:
         out = self.stage.on_idle(time.monotonic())
         self._observe(out)
         return out, StatefulLogic.RETAIN
@@ -66,12 +66,12 @@ class FleetLogic(Pickled):
         # Wake up now and then so that apps gone quiet stop holding the others back.
         return datetime.now(UTC) + self.idle_check
 
-    def on_eof(self) -> tuple[Iterable[Any], bool]:
+    def on_eof(self) -> tuple[Iterable[Output], bool]:
         out = self.stage.flush()
         self._observe(out)
         return out, StatefulLogic.RETAIN
 
-    def _observe(self, out: list[Any]) -> None:
+    def _observe(self, out: list[Output]) -> None:
         m, stage = self.metrics, self.stage
         for item in out:
             if isinstance(item, DeadLetter):

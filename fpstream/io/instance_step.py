@@ -11,12 +11,11 @@ from __future__ import annotations
 import pickle
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from bytewax.operators import StatefulLogic
 
 from fpstream.ingest import Evict, SampleBatch, sample_letters
-from fpstream.instance.stage import AppState, InstanceConfig, InstanceStage
+from fpstream.instance.stage import AppState, InstanceConfig, InstanceStage, Output
 from fpstream.io.metrics import FlowMetrics
 from fpstream.io.stateful import Contained, Pickled
 from fpstream.windows import AppWindows
@@ -24,7 +23,7 @@ from fpstream.windows import AppWindows
 __all__ = ["InstanceLogic"]
 
 
-class InstanceLogic(Pickled):
+class InstanceLogic(Pickled[SampleBatch | Evict, Output]):
     """Per app: windows, profile and instances (``fpstream.instance.stage``)."""
 
     def __init__(self, config: InstanceConfig, metrics: FlowMetrics, ttl_s: float,
@@ -39,7 +38,7 @@ class InstanceLogic(Pickled):
     def snapshot_state(self) -> AppState:
         return self.stage.state
 
-    def on_item(self, value: SampleBatch | Evict) -> tuple[Iterable[Any], bool]:
+    def on_item(self, value: SampleBatch | Evict) -> tuple[Iterable[Output], bool]:
         self._touched = datetime.now(UTC)
         if isinstance(value, Evict):
             self.metrics.evictions.labels("instance").inc()
@@ -52,7 +51,7 @@ class InstanceLogic(Pickled):
             state.windows = AppWindows(state.windows.window_s, state.windows.allowed_lateness_s)
             return sample_letters(value.samples, value.origin, "model_error", error), \
                 StatefulLogic.RETAIN
-        out: list[Any] = list(emitted)
+        out: list[Output] = list(emitted)
         if windowed.late:
             self.metrics.late.inc(len(windowed.late))
             detail = f"its window had closed (app watermark {self.stage.state.windows.watermark})"
@@ -63,15 +62,15 @@ class InstanceLogic(Pickled):
         self.metrics.windows.inc(len(windowed.closed))
         return out, StatefulLogic.RETAIN
 
-    def _flush(self) -> list[Any]:
+    def _flush(self) -> list[Output]:
         closed = self.stage.state.windows.flush()
         self.metrics.windows.inc(len(closed))
         return list(self.stage.on_windows(closed))
 
-    def on_eof(self) -> tuple[Iterable[Any], bool]:
+    def on_eof(self) -> tuple[Iterable[Output], bool]:
         return self._flush(), StatefulLogic.RETAIN
 
-    def on_notify(self) -> tuple[Iterable[Any], bool]:
+    def on_notify(self) -> tuple[Iterable[Output], bool]:
         # Idle in real time for the whole TTL: close what is open and free the state.
         self.metrics.expired.labels("app").inc()
         return self._flush(), StatefulLogic.DISCARD

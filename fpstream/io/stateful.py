@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from bytewax.operators import StatefulLogic
 
@@ -14,8 +14,11 @@ __all__ = ["Contained", "Pickled", "log"]
 
 log = logging.getLogger("fpstream.flow")
 
+V = TypeVar("V")
+W = TypeVar("W")
 
-class Pickled(StatefulLogic[Any, Any, bytes]):
+
+class Pickled(StatefulLogic[V, W, bytes], Generic[V, W]):
     """Snapshots are pickled bytes of ``snapshot_state()``: an immutable copy, as Bytewax
     requires."""
 

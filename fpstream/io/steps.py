@@ -7,7 +7,7 @@ The stateful stages have their own adapters (``fpstream.io.instance_step``,
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TypeVar
 
 from fpstream.events import Allocation, Anomaly, DeadLetter, DeployRequest, Kind
 from fpstream.fleet.experiment import ExperimentSnapshot
@@ -16,6 +16,8 @@ from fpstream.io.metrics import FlowMetrics
 from fpstream.settings import Settings
 
 __all__ = ["Steps"]
+
+T = TypeVar("T")
 
 
 class Steps:
@@ -51,12 +53,11 @@ class Steps:
             items.extend(self.progress.observe(msg.origin, batches))
         return items
 
-    def count_deadletter(self, letter: Any) -> DeadLetter:
-        assert isinstance(letter, DeadLetter)  # the flow branches dead letters here
+    def count_deadletter(self, letter: DeadLetter) -> DeadLetter:
         self.metrics.deadletters.labels(letter.reason).inc()
         return letter
 
-    def count_output(self, item: Any) -> Any:
+    def count_output(self, item: T) -> T:
         if isinstance(item, Allocation):
             self.metrics.allocations.labels(item.kind).inc()
         elif isinstance(item, Anomaly):
