@@ -12,7 +12,8 @@ Why it is written this way (the README's "Subscribing to allocations" has the co
 - Delivery is at least once: fpstream may emit an allocation again after a worker resumes,
   and this consumer sees again whatever it had not committed when it stopped. An allocation
   is identified by its ``id``, ``<app>/<instance>/<seq>``; for one instance a higher ``seq``
-  supersedes a lower one, ``0`` being the proactive allocation made before it started.
+  supersedes a lower one: ``0`` is the proactive allocation made before it started, any
+  other is the decision's event time in whole seconds.
 - Offsets are committed only after the allocations they cover are applied and saved, so a
   crash repeats work (which the sequence check makes harmless) and never loses it.
 - Fields are added within a schema version; unknown fields are ignored. A version this
@@ -43,16 +44,10 @@ def sequence(allocation_id: str) -> int:
 
 
 class AppliedState:
-    """The newest allocation applied per (app, instance), kept in a JSON file if given.
+    """The newest allocation applied per (app, instance), kept in a JSON file if given."""
 
-    fpstream forgets an instance it has heard nothing from for ``app_ttl_s`` (a day by
-    default), and its sequence starts again if it comes back: an allocation at least
-    ``forget_after`` seconds (event time) after the last one applied starts a new life.
-    """
-
-    def __init__(self, path: Path | None = None, forget_after: float = 86_400.0) -> None:
+    def __init__(self, path: Path | None = None) -> None:
         self.path = path
-        self.forget_after = forget_after
         self.applied: dict[str, dict[str, dict[str, Any]]] = {}
         if path is not None and path.exists():
             self.applied = json.loads(path.read_text())
@@ -70,16 +65,12 @@ class AppliedState:
             return f"schema version {alloc.get('v')!r} is not {SUPPORTED_VERSION}"
         try:
             seq = sequence(alloc["id"])
-            app, instance, ts = alloc["app"], alloc["instance"], float(alloc["ts"])
+            app, instance = alloc["app"], alloc["instance"]
         except (KeyError, IndexError, ValueError, TypeError, AttributeError):
             return "not an allocation"
-        last = self.last(app, instance)
-        if last is None or ts - last["ts"] >= self.forget_after:
-            return None  # new, or forgotten by fpstream and back: its sequence restarted
-        if last["ts"] - ts >= self.forget_after:
-            return "from an earlier life of the instance"
-        if seq <= sequence(last["id"]):
-            return f"seq {seq} is not newer than {sequence(last['id'])}"
+        last = self.last_seq(app, instance)
+        if seq <= last:
+            return f"seq {seq} is not newer than {last}"
         return None
 
     def record(self, alloc: dict[str, Any]) -> None:
@@ -163,8 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topic", default="fpstream.allocations")
     parser.add_argument("--group", default="allocation-applier", help="Consumer group.")
     parser.add_argument("--state", type=Path, help="Where to keep what was applied (JSON).")
-    parser.add_argument("--forget-after", type=float, default=86_400.0,
-                        help="fpstream's app_ttl_s: seconds after which an instance is new.")
     args = parser.parse_args(argv)
 
     stopping = False
@@ -174,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
-    state = AppliedState(args.state, args.forget_after)
+    state = AppliedState(args.state)
     consumer = make_consumer(args.brokers, args.group)
     consumer.subscribe([args.topic])
     try:

@@ -240,12 +240,15 @@ def _refinements(limits: Limits) -> dict[str, dict[str, dict[str, Any]]]:
                                                "and rx+tx)."),
             "predicted": amounts(RESOURCES, "The need the reserve covers, per resource."),
             "cluster": {"type": "integer", "minimum": -1,
-                        "description": "The app's cluster; -1 while it has none."},
+                        "description": "The cluster whose evidence decided (proactive "
+                                       "allocations, young instances); -1 when the instance "
+                                       "decided from its own history, or none is known."},
             "confidence": {"type": "number", "minimum": 0, "maximum": 1},
             "policy": {"type": "string", "minLength": 1,
                        "description": "The A/B arm that decided (its name)."},
             "model_version": {"type": "integer", "minimum": 0,
-                              "description": "Version of the fingerprint model."},
+                              "description": "Version of the fleet's fingerprint model behind "
+                                             "the decision; 0 for an instance's own."},
         },
         "anomaly": {
             "v": version,

@@ -79,13 +79,3 @@ def test_the_state_survives_a_restart(example: ModuleType, tmp_path: Path) -> No
     assert run(example, again, [alloc("web", "vm-1", 5), alloc("web", "vm-1", 6)]
                ) == ["web/vm-1/6"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["applied.json"]
-
-
-def test_an_instance_forgotten_by_the_flow_starts_a_new_life(example: ModuleType) -> None:
-    state = example.AppliedState(forget_after=86_400.0)
-    old = alloc("web", "vm-1", 7)
-    back = alloc("web", "vm-1", 1, ts=old["ts"] + 86_400.0)
-    assert run(example, state, [old, alloc("web", "vm-1", 1, ts=old["ts"] + 86_000.0), back]
-               ) == ["web/vm-1/7", "web/vm-1/1"]
-    assert state.last("web", "vm-1") == back
-    assert state.decide(old) == "from an earlier life of the instance"
