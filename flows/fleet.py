@@ -49,9 +49,10 @@ def build_flow(
 ) -> Dataflow:
     """Assemble the flow; sources and sinks default to the configured Kafka and Redis.
 
-    Two stages: the instance stage, keyed by app on any worker (windows, profile, an
-    instance's own decisions), and the fleet stage under one key, fed one digest per instance
-    per decision period (clusters, cold start, young instances, deploy requests).
+    Two stages: the instance stage, keyed by app on any worker (windows, profile, what each
+    instance's history says, anomalies), and the fleet stage under one key, fed one digest per
+    instance per decision period (clusters, cold start, violation budgets, every instance's
+    decisions, deploy requests).
     ``sources`` are the input partitions (``topic:partition``) the fleet stage waits for
     before it moves on: by default the metrics and deploys topics' partitions when reading
     Kafka, and those that show up with another source.
@@ -77,8 +78,8 @@ def build_flow(
         instance_config, metrics, settings.app_ttl_s, resume))
     by_instance = op.key_rm("unkey_instance", decided)
     instance_letters = op.branch("instance_errors", by_instance, _is_letter)
-    decisions = op.branch("decisions", instance_letters.falses, _is_decision)
-    digests = op.map("digests", decisions.falses, _as_digest)
+    anomalies = op.branch("anomalies", instance_letters.falses, _is_anomaly)
+    digests = op.map("digests", anomalies.falses, _as_digest)
 
     to_fleet = op.merge("to_fleet", digests, direct)
     fleet = op.stateful(
@@ -86,7 +87,7 @@ def build_flow(
         lambda resume: FleetLogic(fleet_config, metrics, resume, sources))
     fleet_letters = op.branch("fleet_errors", op.key_rm("unkey_fleet", fleet), _is_letter)
     fleet_out = op.map("fleet_outputs", fleet_letters.falses, _as_output)
-    outputs = op.map("count", op.merge("outputs", decisions.trues, fleet_out),
+    outputs = op.map("count", op.merge("outputs", anomalies.trues, fleet_out),
                      steps.count_output)
     # Cluster snapshots and experiment summaries go to Redis only; the rest to Kafka too.
     redis_only = op.branch("redis_only", outputs, is_redis_only)
@@ -121,8 +122,8 @@ def _app_of(item: SampleBatch | Evict) -> str:
     return item.app
 
 
-def _is_decision(item: object) -> TypeGuard[Allocation | Anomaly]:
-    return isinstance(item, Allocation | Anomaly)
+def _is_anomaly(item: object) -> TypeGuard[Anomaly]:
+    return isinstance(item, Anomaly)
 
 
 def _as_digest(item: object) -> Digest:

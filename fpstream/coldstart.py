@@ -79,6 +79,14 @@ class Guess:
     support: int = 0
 
 
+def evidence_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
+    """The labels that say what an app is: fpstream's own (``fpstream.*``, such as a violation
+    budget) say what it is given, and are no evidence."""
+    if not any(k.startswith("fpstream.") for k in labels):
+        return labels
+    return {k: v for k, v in labels.items() if not k.startswith("fpstream.")}
+
+
 def tokens(labels: Mapping[str, str], size: Mapping[str, float]) -> dict[str, int]:
     """Label and size tokens; sizes are bucketed by powers of two so near sizes share one."""
     out = {f"{k}={v}": 1 for k, v in labels.items()}
@@ -232,6 +240,7 @@ class ColdStart:
         """One window of an instance: its labels, size, cluster and observed peak.
 
         Without ``app`` and ``instance`` only the cluster classifier learns (the old call)."""
+        labels = evidence_labels(labels)
         key = None if app is None or instance is None else (app, instance)
         x = tokens(labels, capacity)
         # The classifier learns an instance's cluster when it changes, not every window, so
@@ -299,6 +308,7 @@ class ColdStart:
 
     def predict(self, labels: Mapping[str, str], requested: Mapping[str, float],
                 app: str | None = None) -> Guess:
+        labels = evidence_labels(labels)
         cluster, p_cluster = self._cluster(labels, requested)
         found = self._evidence(labels, requested, app)
         if found is not None:

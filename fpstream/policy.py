@@ -1,6 +1,7 @@
 """Allocation policy: predicted need plus headroom, snapped to the cheapest fitting instance type.
 
-A policy is one A/B arm: the need quantile its predictor targets and the headroom added on top.
+A policy is one A/B arm: the share of the configured violation budget it runs at (``budget``,
+1.0 the configured one, 0.5 half of it) and the headroom it adds on top of the need.
 ``decide`` maps the six predicted resource needs onto an allocation's reserve (disk read+write
 into ``disk_bps``, net rx+tx into ``net_bps``), multiplies by ``1 + headroom`` and applies floors
 (``MIN_RESERVE``: 0.01 core, 64 MiB, below which a reservation cannot run a process), so a
@@ -8,7 +9,7 @@ reserve is never below the predicted need. The instance type is the catalog's ch
 fits the whole reserve; if none does, the closest, with ``fits=False``.
 
 >>> from fpstream.catalog import Catalog
->>> d = Policy().decide({"cpu_cores": 1.2, "mem_bytes": 3e9}, Catalog.load())
+>>> d = Policy(headroom=0.15).decide({"cpu_cores": 1.2, "mem_bytes": 3e9}, Catalog.load())
 >>> round(d.reserve["cpu_cores"], 2), d.instance_type.name, d.fits
 (1.38, 'c.large', True)
 """
@@ -70,18 +71,20 @@ class Decision:
 
 @dataclass(frozen=True)
 class Policy:
-    """One arm: predict the ``quantile`` of need, reserve it with ``headroom`` on top."""
+    """One arm: run at ``budget`` times the configured violation budget, reserve the need with
+    ``headroom`` on top, on instance types of ``families`` (any when ``None``)."""
 
-    name: str = "p95-h15"
-    quantile: float = 0.95
-    headroom: float = 0.15
+    name: str = "default"
+    budget: float = 1.0
+    headroom: float = 0.0
     families: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"policy name must be a non-empty string, got {self.name!r}")
-        if not 0.0 < self.quantile < 1.0:
-            raise ValueError(f"policy quantile must be in (0, 1), got {self.quantile!r}")
+        if not (math.isfinite(self.budget) and 0.0 < self.budget <= 100.0):
+            raise ValueError(f"policy budget must be a multiple of the configured violation "
+                             f"budget in (0, 100], got {self.budget!r}")
         if not (math.isfinite(self.headroom) and self.headroom >= 0):
             raise ValueError(f"policy headroom must be a finite number >= 0, got {self.headroom!r}")
         if self.families is not None:

@@ -1,49 +1,51 @@
-"""Per-instance choice of a reservation rule, by what each rule would have cost so far.
+"""Per-instance statistics of reservation rules: what each rule would have cost so far.
 
 An hourly allocation is a bet on the next period's usage. The rules that make it are simple and
-cheap: the peak of the last ``k`` periods times a margin ``m`` (``max(peaks[-k:]) * m``, for
-``k`` in ``LOOKBACKS`` and ``m`` in ``MARGINS``). Which rule suits an instance depends on the
-instance: a steady service is served by last period's peak and a thin margin, a batch VM whose
-memory jumps a hundredfold once a day needs its daily peak held all day. So every instance
-scores every rule, counterfactually, on each of its windows:
+cheap: the peak of the last ``k`` periods times a margin ``m`` plus an offset ``a``
+(``max(peaks[-k:]) * m + a``, for ``k`` in ``LOOKBACKS``, ``m`` in ``MARGINS``, ``a`` in the
+resource's ``OFFSETS``). Which rule suits an instance depends on the instance: a steady service
+is served by last period's peak and a thin margin, a batch VM whose memory jumps a hundredfold
+once a day needs its daily peak held all day. So every instance scores every rule,
+counterfactually, on each of its windows: the slack ``max(allocation - usage, 0)`` (in the
+resource's units) and whether the window exceeded it, summed with exponential forgetting per
+period (``decay``).
 
-    cost(rule) = slack + violation_cost * [usage > allocation]
-
-(slack = ``max(allocation - usage, 0)`` in the resource's units), summed with exponential
-forgetting per period (``decay``), and reserves, for the next period, what the cheapest rule
-says. This is the Lagrangian of "least slack at a violation budget": ``violation_cost`` is the
-price, in resource units, of one violated window. It is absolute on purpose: the fleet's waste
-is a sum of slack in cores or bytes, so a violation is worth more slack on a big instance than
-on a small one, and the same price everywhere spends a fleet-wide violation budget where it
-saves the most. A higher price gives fewer violations and more slack (``fpstream backtest
---target-viol`` finds the price for a budget).
+What to reserve next is the rule that minimises ``slack + price * violations``: the Lagrangian
+of "least slack at a violation budget". The price is not the instance's to set: one price per
+budget, shared by every instance that has it, spends the budget where it saves the most slack
+(a violation is worth more slack on a big instance than on a small one), and the fleet stage
+controls it so that the violation rate those instances realise tracks their budget
+(``fpstream.fleet.budget``). The instance only tells which rules could win at some price: the
+lower convex hull of its rules' (violations, slack) points (``frontier``), a dozen points
+rather than every rule.
 
 Until an instance has ``warmup`` periods of history it gets a cautious rule: the peak of all
 its history, doubled (``WARMUP_MARGIN``). Everything is indexed by the instance's own periods
-and windows, so a replay gives the same choices.
+and windows, so a replay gives the same statistics.
 
->>> s = RuleSelector(violation_cost=1.0, warmup=0)
+>>> s = RuleSelector(warmup=0)
 >>> for peak in (1.0, 1.0, 1.0):
-...     for _ in range(12):
-...         s.observe(0.9)
-...     value = s.close(peak)
->>> value
-1.0
+...     s.observe_many([0.9] * 12)
+...     s.close(peak)
+>>> f = s.frontier()
+>>> float(f.value[f.slack.argmin()]), s.choose(price=1.0)
+(1.0, 1.0)
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["LOOKBACKS", "MARGINS", "OFFSETS", "RuleGrid", "RuleSelector"]
+__all__ = ["LOOKBACKS", "MARGINS", "OFFSETS", "Frontier", "RuleGrid", "RuleSelector"]
 
 #: Look-backs, in decision periods (hourly: an hour up to two weeks).
 LOOKBACKS: tuple[int, ...] = (1, 2, 3, 6, 12, 24, 72, 168, 336)
-#: Margins over the look-back's peak.
-MARGINS: tuple[float, ...] = (1.0, 1.05, 1.1, 1.2, 1.35, 1.5, 2.0, 3.0)
+#: Margins over the look-back's peak; below 1 for lax budgets, where a period may exceed part
+#: of its reservation more often than not.
+MARGINS: tuple[float, ...] = (0.8, 0.9, 1.0, 1.05, 1.1, 1.2, 1.35, 1.5, 2.0, 3.0)
 #: Absolute additions per resource (cores; bytes): a small instance's spikes are cheapest to
 #: cover with a fixed cushion, a big one's with a margin.
 OFFSETS: dict[str, tuple[float, ...]] = {
@@ -102,28 +104,42 @@ def _stored(x: float) -> np.float32:
     return y if float(y) >= x else np.nextafter(y, np.float32(np.inf))
 
 
-class RuleSelector:
-    """One instance's resource: the rules' running costs and its recent period peaks.
+@dataclass(frozen=True, slots=True, eq=False)
+class Frontier:
+    """The rules that win at some price: for each, its forgotten-weighted violated windows and
+    slack so far, and its allocation for the next period; violations falling, slack rising.
+    ``windows`` is the forgotten-weighted number of windows the sums cover."""
 
-    Compact, since every instance holds two: costs and peaks are float32 (a stored peak
-    rounded up, see ``_stored``), the rules' allocations are derived from the peaks when
-    needed, and the grid is shared (``RuleGrid``).
+    violations: np.ndarray
+    slack: np.ndarray
+    value: np.ndarray
+    windows: float
+
+    def choose(self, price: float) -> float:
+        """The allocation of the point minimising ``slack + price * violations``."""
+        return float(self.value[int(np.argmin(self.slack + price * self.violations))])
+
+
+class RuleSelector:
+    """One instance's resource: its rules' forgotten-weighted slack and violations, and its
+    recent period peaks (module docstring).
+
+    Compact, since every instance holds two: sums and peaks are float32 (a stored peak rounded
+    up, see ``_stored``), the rules' allocations are derived from the peaks when needed, and
+    the grid is shared (``RuleGrid``).
     """
 
-    __slots__ = ("violation_cost", "decay", "warmup", "grid", "_cost", "_peaks", "_periods",
-                 "_choice")
+    __slots__ = ("decay", "warmup", "grid", "_slack", "_viol", "_windows", "_peaks",
+                 "_periods")
 
     def __init__(
         self,
-        violation_cost: float,
         decay: float = 0.99,
         warmup: int = 24,
         lookbacks: tuple[int, ...] = LOOKBACKS,
         margins: tuple[float, ...] = MARGINS,
         offsets: tuple[float, ...] = (0.0,),
     ) -> None:
-        if not (math.isfinite(violation_cost) and violation_cost >= 0):
-            raise ValueError(f"violation_cost must be a finite number >= 0, got {violation_cost!r}")
         if not 0.0 < decay <= 1.0:
             raise ValueError(f"decay must be in (0, 1], got {decay!r}")
         if warmup < 0:
@@ -132,49 +148,82 @@ class RuleSelector:
             raise ValueError("lookbacks must be >= 1 and margins > 0, both non-empty")
         if not offsets or min(offsets) < 0:
             raise ValueError("offsets must be >= 0 and non-empty")
-        self.violation_cost = float(violation_cost)
         self.decay = decay
         self.warmup = warmup
         self.grid = RuleGrid.of(tuple(sorted(lookbacks)), tuple(sorted(margins)),
                                 tuple(sorted(offsets)))
-        self._cost = np.zeros(len(self.grid), dtype=np.float32)
+        self._slack = np.zeros(len(self.grid), dtype=np.float32)
+        self._viol = np.zeros(len(self.grid), dtype=np.float32)
+        self._windows = 0.0
         self._peaks = np.zeros(0, dtype=np.float32)  # the last periods' peaks, newest last
         self._periods = 0
-        self._choice = self.grid.warmup_rule
 
-    def observe(self, usage: float) -> None:
-        """One window's usage (its peak) in the period the current allocations are for."""
-        self.observe_many(np.array([usage], dtype=np.float64))
-
-    def observe_many(self, usage: np.ndarray) -> None:
-        """``observe`` for each of the windows ``usage``, at once (before ``close``)."""
+    def observe_many(self, usage: np.ndarray | list[float]) -> None:
+        """The windows (their peaks) of the period the current allocations are for; call
+        before ``close``."""
         if not self._periods or not len(usage):
             return
         v = self.grid.values(self._peaks)[:, None]
         u = np.asarray(usage, dtype=np.float64)[None, :]
-        cost = np.maximum(v - u, 0.0).sum(axis=1)
-        cost += self.violation_cost * (u > v).sum(axis=1)
-        self._cost += cost.astype(np.float32)
+        self._slack += np.maximum(v - u, 0.0).sum(axis=1).astype(np.float32)
+        self._viol += (u > v).sum(axis=1).astype(np.float32)
+        self._windows += u.shape[1]
 
-    def close(self, peak: float) -> float:
-        """The period ended with ``peak``: the next period's allocation. The costs of the
-        period's windows (``observe_many``) are already in; older ones fade by ``decay``."""
+    def close(self, peak: float) -> None:
+        """The period ended with ``peak``: older sums fade by ``decay``."""
         keep = self.grid.longest - 1  # the look-back of the longest rule, this period included
         self._peaks = np.append(self._peaks[max(0, len(self._peaks) - keep):] if keep else
                                 self._peaks[:0], _stored(peak))
         self._periods += 1
-        values = self.grid.values(self._peaks)
-        if self._periods > self.warmup:
-            self._choice = int(np.argmin(self._cost))
-        self._cost *= np.float32(self.decay)
-        return float(values[self._choice])
+        decay = np.float32(self.decay)
+        self._slack *= decay
+        self._viol *= decay
+        self._windows *= self.decay
 
     @property
-    def rule(self) -> tuple[int, float, float]:
-        """The rule in force: (look-back in periods, margin, offset)."""
-        c, g = self._choice, self.grid
-        return int(g.k[c]), float(g.m[c]), float(g.a[c])
+    def warm(self) -> bool:
+        """Whether the instance has more than ``warmup`` periods of history."""
+        return self._periods > self.warmup
+
+    def cautious(self) -> float:
+        """The warm-up rule's allocation for the next period: twice the history's peak."""
+        if not self._periods:
+            return 0.0
+        return float(self.grid.values(self._peaks)[self.grid.warmup_rule])
+
+    def frontier(self) -> Frontier:
+        """The rules on the lower convex hull of (violations, slack): the only ones that
+        minimise ``slack + price * violations`` at some price >= 0."""
+        values = self.grid.values(self._peaks) if self._periods else np.zeros(len(self.grid))
+        hull = _lower_hull(self._viol.astype(np.float64), self._slack.astype(np.float64))
+        return Frontier(self._viol[hull], self._slack[hull], values[hull], self._windows)
+
+    def choose(self, price: float) -> float:
+        """The next period's allocation at ``price``: the warm-up rule while warming up."""
+        if not self.warm:
+            return self.cautious()
+        return self.frontier().choose(price)
 
     @property
     def periods(self) -> int:
         return self._periods
+
+
+def _lower_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indexes of the points on the lower convex hull that faces the origin, by x falling:
+    from the least ``y`` (ties: least ``x``, then first) to the least ``x`` (ties: least
+    ``y``, then first). Every argmin of ``y + p * x`` over ``p >= 0`` is one of them."""
+    order = np.lexsort((np.arange(len(x)), y, x))  # by x, then y, then index
+    hull: list[int] = []
+    for i in order.tolist():
+        if hull and (x[i] == x[hull[-1]] or y[i] >= y[hull[-1]]):
+            continue  # more violations and no less slack than a point kept: never chosen
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            # b is above the segment a..i: no price makes it the minimum
+            if (y[b] - y[a]) * (x[i] - x[a]) >= (y[i] - y[a]) * (x[b] - x[a]):
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    return np.array(hull[::-1], dtype=np.int64)

@@ -60,21 +60,22 @@ class Arms(tuple[Policy, ...]):
 
 
 def _arm_doc(p: Policy) -> dict[str, Any]:
-    doc: dict[str, Any] = {"name": p.name, "quantile": p.quantile, "headroom": p.headroom}
+    doc: dict[str, Any] = {"name": p.name, "budget": p.budget, "headroom": p.headroom}
     if p.families is not None:
         doc["families"] = list(p.families)
     return doc
 
 
-# A conservative, a balanced and a lean arm. The conservative one (largest quantile + headroom)
-# is the experiment's baseline and where the guard rail moves violating instances.
+# A conservative, a balanced and a lean arm: half, once and twice the configured violation
+# budget. The conservative one (the smallest budget) is the experiment's baseline and where the
+# guard rail moves violating instances.
 DEFAULT_ARMS: Arms = Arms((
-    Policy("conservative", quantile=0.99, headroom=0.25),
-    Policy("balanced", quantile=0.95, headroom=0.15),
-    Policy("lean", quantile=0.90, headroom=0.05),
+    Policy("conservative", budget=0.5),
+    Policy("balanced", budget=1.0),
+    Policy("lean", budget=2.0),
 ))
 EXPERIMENT_MODES = ("split", "bandit", "off")
-_ARM_KEYS = ("name", "quantile", "headroom", "families")
+_ARM_KEYS = ("name", "budget", "headroom", "families")
 _EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -105,22 +106,22 @@ class Settings:
     seed: int = 42
     catalog_path: str | None = None
     change_threshold: float = 0.10
-    headroom: float = 0.15
-    target_quantile: float = 0.95
+    # Added on top of every need (with experiment_mode off; arms carry their own).
+    headroom: float = 0.0
     recluster_s: float = 3600.0
     n_clusters: int = 6
     fingerprint_dims: int = 4
     anomaly_threshold: float = 4.0
-    # Price of one violated window, in cores and bytes: higher is safer and more wasteful
-    # (fpstream/selector.py; `fpstream backtest --target-viol` prices a violation budget).
-    violation_cost_cpu: float = 3.0
-    violation_cost_mem: float = float(2**40)
+    # The share of windows whose usage may exceed the reservation (per app: the labels
+    # fpstream.violation_budget_cpu and fpstream.violation_budget_mem).
+    violation_budget_cpu: float = 0.01
+    violation_budget_mem: float = 0.001
     max_apps: int = 100_000
     app_ttl_s: float = 86_400.0
     # Experiment: A/B testing of allocation policies (fpstream/instance/arms.py and
     # fpstream/fleet/experiment.py)
     experiment_name: str = "default"
-    experiment_mode: str = "split"
+    experiment_mode: str = "off"
     arms: Arms = DEFAULT_ARMS
     violation_penalty: float = 2.0
     guard_budget: float = 0.2
@@ -206,14 +207,13 @@ def _validate(s: Settings) -> None:
             f"window_s ({s.window_s})"
         )
         raise SettingsError(msg)
-    if not 0.0 < s.target_quantile < 1.0:
-        raise SettingsError(f"setting target_quantile must be in (0, 1), got {s.target_quantile}")
     if not 0.0 <= s.headroom <= 5.0:
         raise SettingsError(f"setting headroom must be in [0, 5], got {s.headroom}")
-    for name in ("violation_cost_cpu", "violation_cost_mem"):
+    for name in ("violation_budget_cpu", "violation_budget_mem"):
         value = getattr(s, name)
-        if not (math.isfinite(value) and value >= 0):
-            raise SettingsError(f"setting {name} must be a finite number >= 0, got {value}")
+        if not 0.0 < value < 1.0:
+            raise SettingsError(f"setting {name} must be a share of windows in (0, 1), "
+                                f"got {value}")
     if not 0.0 <= s.change_threshold < 1.0:
         raise SettingsError(f"setting change_threshold must be in [0, 1), got {s.change_threshold}")
     if not 0 <= s.metrics_port <= 65535:
@@ -248,9 +248,10 @@ def _validate(s: Settings) -> None:
 def _parse_arms(raw: Any) -> Arms:
     """Arms from a TOML array of tables, a list of Policy objects or mappings, or a string.
 
-    A string is either JSON (``[{"name": "lean", "quantile": 0.9, "headroom": 0.05}]``, what
-    ``str(settings.arms)`` gives) or the compact ``name:quantile:headroom[:family+family],...``.
-    Every arm needs ``name``, ``quantile`` (in (0, 1)) and ``headroom`` (in [0, 5]);
+    A string is either JSON (``[{"name": "lean", "budget": 2.0, "headroom": 0.0}]``, what
+    ``str(settings.arms)`` gives) or the compact ``name:budget:headroom[:family+family],...``.
+    Every arm needs ``name``, ``budget`` (a multiple of the configured violation budget, in
+    (0, 100]) and ``headroom`` (in [0, 5]);
     ``families`` (instance families preferred) is optional. Names must be unique.
     """
     if isinstance(raw, str):
@@ -279,12 +280,12 @@ def _parse_arms(raw: Any) -> Arms:
 def _compact_arm(index: int, part: str) -> dict[str, Any]:
     fields_ = part.split(":")
     if len(fields_) not in (3, 4):
-        raise SettingsError(f"setting arms[{index}]: expected name:quantile:headroom"
+        raise SettingsError(f"setting arms[{index}]: expected name:budget:headroom"
                             f"[:family+family], got {part!r}")
-    doc: dict[str, Any] = {"name": fields_[0], "quantile": fields_[1], "headroom": fields_[2]}
+    doc: dict[str, Any] = {"name": fields_[0], "budget": fields_[1], "headroom": fields_[2]}
     if len(fields_) == 4:
         doc["families"] = [f for f in fields_[3].split("+") if f]
-    for key in ("quantile", "headroom"):
+    for key in ("budget", "headroom"):
         try:
             doc[key] = float(doc[key])
         except ValueError as ex:
@@ -299,7 +300,7 @@ def _arm(index: int, item: Any) -> Policy:
         policy = item
     else:
         if not isinstance(item, Mapping):
-            raise SettingsError(f"{where}: expected a table with name, quantile, headroom "
+            raise SettingsError(f"{where}: expected a table with name, budget, headroom "
                                 f"(and optionally families), got {item!r}")
         unknown = sorted(set(item) - set(_ARM_KEYS))
         if unknown:
@@ -308,7 +309,7 @@ def _arm(index: int, item: Any) -> Policy:
         if missing:
             raise SettingsError(f"{where}: missing {', '.join(missing)}")
         where = f"setting arms[{index}] ({item['name']!r})"
-        for key in ("quantile", "headroom"):
+        for key in ("budget", "headroom"):
             value = item[key]
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise SettingsError(f"{where}: {key} must be a number, got {value!r}")
@@ -320,7 +321,7 @@ def _arm(index: int, item: Any) -> Policy:
                                     f"names, got {families!r}")
             families = tuple(families)
         try:
-            policy = Policy(name=item["name"], quantile=float(item["quantile"]),
+            policy = Policy(name=item["name"], budget=float(item["budget"]),
                             headroom=float(item["headroom"]), families=families)
         except ValueError as ex:
             raise SettingsError(f"{where}: {ex}") from ex

@@ -54,9 +54,9 @@ from fpstream.backtest.traces import (
     Series,
     VmDay,
     _day_start,
+    parse_range,
     planetlab_vm_days,
 )
-from fpstream.backtest.tune import parse_range
 from fpstream.scoring import Score
 from fpstream.settings import Settings
 

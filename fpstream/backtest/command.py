@@ -30,14 +30,6 @@ def backtest(
         "--json", help="Also write the result document to this file.")] = None,
     report: Annotated[Path | None, typer.Option(
         "--report", help="Also write a self-contained HTML report to this file.")] = None,
-    target_viol: Annotated[str | None, typer.Option(
-        "--target-viol",
-        help="Price violations so that fpstream's violation rate is at most this (0.02, or "
-             "per resource: cpu=0.023,mem=0.0008, or vpa: VPA's own rates), fitted on the "
-             "--tune-on series.")] = None,
-    tune_on: Annotated[str | None, typer.Option(
-        "--tune-on", help="Series positions to fit --target-viol on, e.g. 1-125 (default all).")
-    ] = None,
     workers: Annotated[int, typer.Option(
         "--workers", min=1, max=64,
         help="Flow processes, each over a share of the series (fleet-wide models then see "
@@ -94,7 +86,7 @@ def backtest(
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    labels = {"tune": "fitting violation prices", "flow": "flow: samples",
+    labels = {"flow": "flow: samples",
               "score": "scoring series"}
     bar = Progress("[progress.description]{task.description}", BarColumn(),
                    MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
@@ -108,8 +100,8 @@ def backtest(
     with bar:
         try:
             result = run_backtest(paths, limit_series, fmt=format, progress=progress,
-                                  report=report, target_viol=target_viol, tune_on=tune_on,
-                                  score_on=score_on, workers=workers, experiment=experiment)
+                                  report=report, score_on=score_on, workers=workers,
+                                  experiment=experiment)
         except (FileNotFoundError, ValueError) as ex:
             typer.echo(f"fpstream backtest: {ex}", err=True)
             raise typer.Exit(2) from ex

@@ -38,8 +38,7 @@ import numpy as np
 import orjson
 
 from fpstream.backtest.baselines import VPA, Crane, manual, oracle
-from fpstream.backtest.traces import FORMATS, PathLike, Series, read_trace
-from fpstream.backtest.tune import fit_cost, parse_range
+from fpstream.backtest.traces import FORMATS, PathLike, Series, parse_range, read_trace
 from fpstream.scoring import Score, in_force
 from fpstream.settings import Settings
 
@@ -65,16 +64,31 @@ Progress = Callable[[str, int, int], None]  # (phase, done, total)
 Key = tuple[str, str]  # (app, instance)
 
 
+#: What the protocol sets, and nothing else: hourly decisions over the trace's native steps.
+PROTOCOL_SETTINGS: tuple[str, ...] = ("decision_period_s", "window_s")
+
+
 def backtest_settings(base: Settings | None = None, step_s: float = STEP_S) -> Settings:
-    """The protocol's settings: hourly decisions over the trace's native ``step_s`` windows,
-    reserving exactly what the CPU and memory rules choose (their margins are the headroom),
-    re-decided every hour (no change threshold), as the protocol has it. Instances are kept
-    a week without samples (traces have outages of more than a day: a VM that comes back
-    keeps its history)."""
+    """``base`` (default: the shipped defaults, as ``fpstream run`` reads them) with the
+    protocol's decision period (an hour) and window (the trace's native step): what is
+    measured is what ships."""
     base = base if base is not None else Settings()
-    return replace(base, decision_period_s=HOUR, window_s=step_s, allowed_lateness_s=0.0,
-                   headroom=0.0, change_threshold=0.0, experiment_mode="off",
-                   app_ttl_s=max(base.app_ttl_s, 7 * DAY))
+    return replace(base, decision_period_s=HOUR, window_s=step_s)
+
+
+def settings_doc(settings: Settings) -> dict[str, Any]:
+    """Every setting the flow ran with that bears on its decisions, for the result document
+    (connections, topics and secrets left out)."""
+    names = ("window_s", "decision_period_s", "allowed_lateness_s", "idle_s", "max_future_s",
+             "seed", "change_threshold", "headroom", "recluster_s", "n_clusters",
+             "fingerprint_dims", "anomaly_threshold", "violation_budget_cpu",
+             "violation_budget_mem", "max_apps", "app_ttl_s", "experiment_name",
+             "experiment_mode", "violation_penalty", "guard_budget", "guard_periods")
+    doc: dict[str, Any] = {name: getattr(settings, name) for name in names}
+    doc["arms"] = orjson.loads(str(settings.arms))
+    doc["catalog_path"] = settings.catalog_path or "bundled"
+    doc["protocol"] = list(PROTOCOL_SETTINGS)
+    return doc
 
 
 def sample_dict(s: Series, i: int) -> dict[str, Any]:
@@ -487,14 +501,14 @@ def experiment_result(mode: str, settings: Settings, flow: FlowOutput,
     for an arm without steps.
 
     ``chosen``: among the arms with steps on every resource and a violation rate no higher
-    than the conservative arm's (largest quantile + headroom, the experiment's baseline) on
+    than the conservative arm's (the smallest budget, the experiment's baseline) on
     every resource, the one with the highest reward averaged over the resources (ties: the
     earlier arm); ``None`` when no arm qualifies. ``flow`` is the flow's own experiment
     summary (per flow process): periods scored, guard-rail moves and assignment shares.
     """
     policies = settings.policies()
     penalty = settings.violation_penalty
-    conservative = max(policies, key=lambda p: p.quantile + p.headroom).name
+    conservative = min(policies, key=lambda p: (p.budget, -p.headroom)).name
     arms: dict[str, dict[str, Any]] = {}
     for p in policies:
         k = flow.arms.index(p.name) if p.name in flow.arms else -1
@@ -529,96 +543,19 @@ def experiment_result(mode: str, settings: Settings, flow: FlowOutput,
     }
 
 
-def parse_target(spec: float | str) -> dict[str, float]:
-    """``0.02`` or ``"cpu=0.023,mem=0.0008"`` -> a violation target per resource (``"vpa"``,
-    VPA's own rate on the tuning series, is resolved by ``run_backtest``).
-
-    >>> parse_target("cpu=0.023,mem=0.0008"), parse_target(0.02)
-    ({'cpu': 0.023, 'mem': 0.0008}, {'cpu': 0.02, 'mem': 0.02})
-    """
-    try:
-        if isinstance(spec, str) and "=" in spec:
-            out = {k.strip(): float(v) for k, v in (p.split("=", 1) for p in spec.split(","))}
-        else:
-            out = dict.fromkeys(RESOURCES, float(spec))
-    except ValueError as ex:
-        raise ValueError(f"bad target violation {spec!r}: a rate or cpu=R,mem=R") from ex
-    for k, v in out.items():
-        if k not in RESOURCES or not 0.0 <= v < 1.0:
-            raise ValueError(f"bad target violation {spec!r}: resources {list(RESOURCES)}, "
-                             "rates in [0, 1)")
-    return out
-
-
-def vpa_violation(series: Sequence[Series]) -> dict[str, float]:
-    """VPA's violation rate per resource, day 2 on, over ``series`` (unrounded)."""
-    resources = [r for r in RESOURCES if any(s.usage(r) is not None for s in series)]
-    scores = new_scores(resources, {r: ["vpa"] for r in resources})
-    for s in series:
-        score_series(s, None, scores, Counter())
-    return {r: scores["rest"][r]["vpa"].violations / max(scores["rest"][r]["vpa"].steps, 1)
-            for r in resources}
-
-
-def _tune(series: Sequence[Series], settings: Settings, target_viol: float | str,
-          tune_on: str | None, progress: Progress | None,
-          workers: int = 1) -> tuple[Settings, dict[str, Any]]:
-    """Fit the violation prices on the ``tune_on`` series; the settings that use them. With
-    ``workers`` > 1, the resources are fitted in parallel processes."""
-    chosen = (list(series) if tune_on is None
-              else [series[i] for i in parse_range(tune_on, len(series))])
-    if not chosen:
-        raise ValueError(f"tune_on {tune_on!r} selects no series")
-    fitted: dict[str, Any] = {}
-    costs: dict[str, float] = {}
-    if target_viol == "vpa":
-        targets = vpa_violation(chosen)
-    else:
-        targets = parse_target(target_viol)
-    todo = [r for r in targets if any(s.usage(r) is not None for s in chosen)]
-    if progress:
-        progress("tune", 0, len(todo))
-    pool = None
-    if workers > 1 and len(todo) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn"))
-    try:
-        futures = {res: pool.submit(fit_cost, chosen, res, targets[res]) if pool else None
-                   for res in todo}
-        for n, res in enumerate(todo):
-            future = futures[res]
-            cost, got = (future.result() if future is not None
-                         else fit_cost(chosen, res, targets[res]))
-            costs[res] = cost
-            fitted[res] = {"cost": cost, **got}
-            if progress:
-                progress("tune", n + 1, len(todo))
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    settings = replace(settings, violation_cost_cpu=costs.get("cpu", settings.violation_cost_cpu),
-                       violation_cost_mem=costs.get("mem", settings.violation_cost_mem))
-    return settings, {"target_viol": targets, "tuned_on": tune_on or "all",
-                      "tuned_series": len(chosen), "fit": fitted}
-
-
 def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None = None, *,
                  settings: Settings | None = None, fmt: str = "bitbrains",
                  progress: Progress | None = None, report: PathLike | None = None,
-                 report_series: int = 4, target_viol: float | str | None = None,
-                 tune_on: str | None = None, score_on: str | None = None,
+                 report_series: int = 4, score_on: str | None = None,
                  workers: int = 1, experiment: str | None = None) -> dict[str, Any]:
     """Backtest ``limit_series`` series of the traces at ``path`` (one path or several, in
     format ``fmt``: one of ``FORMATS``); the ``--json`` document. With ``report``, also write
     the HTML report there, plotting ``report_series`` series.
 
-    With ``target_viol``, the violation prices are first fitted (``fpstream.backtest.tune``)
-    on the series at positions ``tune_on`` (``"1-125"``; default: all) to that violation
-    rate; only the series at ``score_on`` (default: all) then run through the flow and are
-    scored, so tuning on one part and reporting the untouched rest is two ranges.
-    ``workers`` > 1 runs the flow in that many processes (``sharded_flow_allocations``).
+    The flow runs ``settings`` (default: the shipped defaults) with the protocol's decision
+    period and window (``backtest_settings``); only the series at ``score_on`` (``"126-250"``;
+    default: all) run through the flow and are scored. ``workers`` > 1 runs the flow in that
+    many processes (``sharded_flow_allocations``).
 
     With ``experiment`` (``split`` or ``bandit``), the flow runs that A/B experiment over the
     settings' arms (default: ``DEFAULT_ARMS``) and the result gets an ``experiment`` section
@@ -644,9 +581,6 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
             raise ValueError(f"unsupported experiment mode {experiment!r}, expected one of "
                              f"{', '.join(EXPERIMENTS)}")
         settings = replace(settings, experiment_mode=experiment)
-    tuning: dict[str, Any] | None = None
-    if target_viol is not None:
-        settings, tuning = _tune(series, settings, target_viol, tune_on, progress, workers)
     if score_on is not None:
         series = [series[i] for i in parse_range(score_on, len(series))]
         if not series:
@@ -697,12 +631,8 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
             **{k: int(v) for k, v in sorted(notes.items()) if v},
             "seconds": {"read": round(t1 - t0, 2), "flow": round(t2 - t1, 2),
                         "baselines_and_score": round(t3 - t2, 2)},
-            "settings": {"decision_period_s": settings.decision_period_s,
-                         "window_s": settings.window_s,
-                         "allowed_lateness_s": settings.allowed_lateness_s},
+            "settings": settings_doc(settings),
             "trace": {"format": fmt, "paths": [str(p) for p in paths]},
-            "violation_cost": {"cpu_cores": settings.violation_cost_cpu,
-                               "mem_bytes": settings.violation_cost_mem},
         },
     }
     if deploys:
@@ -712,8 +642,8 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
         # the baselines know all of it: the section says so.
         result["cold_start"] = {**series_coldstart(series, flow.proactive),
                                 "flow_processes": flow.processes}
-    if tuning is not None:
-        result["tuning"] = {**tuning, "scored_on": score_on or "all"}
+    if score_on is not None:
+        result["notes"]["scored_on"] = score_on
     if experiment is not None and arm_scores is not None:
         result["experiment"] = experiment_result(experiment, settings, flow, arm_scores)
     if report is not None:

@@ -51,8 +51,9 @@ import orjson
 from fpstream.events import MetricSample, decode_message
 from fpstream.records import decode_line, open_records
 
-__all__ = ["FORMATS", "Series", "VmDay", "bitbrains_files", "parse_series", "planetlab_vm_days",
-           "read_bitbrains", "read_jsonl", "read_planetlab", "read_trace", "split_host_slice"]
+__all__ = ["FORMATS", "Series", "VmDay", "bitbrains_files", "parse_range", "parse_series",
+           "planetlab_vm_days", "read_bitbrains", "read_jsonl", "read_planetlab", "read_trace",
+           "split_host_slice"]
 
 FORMATS: tuple[str, ...] = ("bitbrains", "planetlab", "jsonl")
 PathLike = Path | str
@@ -538,3 +539,22 @@ def read_trace(fmt: str, paths: PathLike | Sequence[PathLike], limit: int | None
                 return
     else:
         raise ValueError(f"unsupported trace format {fmt!r}, expected one of {', '.join(FORMATS)}")
+
+
+def parse_range(spec: str, n: int) -> list[int]:
+    """``"1-125,200"`` -> 0-based positions (1-based, inclusive ranges, clipped to ``n``).
+
+    >>> parse_range("1-3,7", 5)
+    [0, 1, 2]
+    """
+    out: set[int] = set()
+    for part in spec.split(","):
+        a, _, b = part.strip().partition("-")
+        try:
+            lo, hi = int(a), int(b or a)
+        except ValueError as ex:
+            raise ValueError(f"bad series range {spec!r}: expected e.g. 1-125,200") from ex
+        if lo < 1 or hi < lo:
+            raise ValueError(f"bad series range {spec!r}: positions start at 1, low <= high")
+        out.update(range(lo - 1, min(hi, n)))
+    return sorted(out)

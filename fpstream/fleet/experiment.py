@@ -1,16 +1,16 @@
 """The A/B experiment's results, fleet-wide: per-arm statistics and their comparison.
 
 Each instance's own decision periods are scored where they are decided (the instance stage,
-``fpstream.instance.arms``) and reach the fleet stage in digests: the arm, the period's waste
+``fpstream.fleet.arms``) and reach the fleet stage in digests: the arm, the period's waste
 and violations. :class:`Experiment` sums them per arm and compares every arm with the
-conservative one (the largest ``quantile + headroom``): the difference of mean reward (arm minus
+conservative one (the smallest budget): the difference of mean reward (arm minus
 baseline) with a 95 % confidence interval from the Welch normal approximation,
 ``diff +- 1.96 * sqrt(var_arm / n_arm + var_base / n_base)`` (sample variances, ``None`` until
 both arms have two periods). A period's reward is ``-waste - violation_penalty * violations /
 steps``, in ``[-1 - violation_penalty, 0]``.
 
 >>> from fpstream.digest import Outcome
->>> from fpstream.instance.arms import ArmAssigner
+>>> from fpstream.fleet.arms import ArmAssigner
 >>> from fpstream.policy import Policy
 >>> ex = Experiment(ArmAssigner("demo", [Policy("safe", 0.99, 0.25), Policy("lean", 0.9, 0.05)]))
 >>> ex.assigned("lean")
@@ -29,7 +29,7 @@ from typing import Any
 from river import stats
 
 from fpstream.digest import Outcome
-from fpstream.instance.arms import ArmAssigner
+from fpstream.fleet.arms import ArmAssigner
 
 __all__ = ["Experiment", "ExperimentSnapshot"]
 
@@ -136,7 +136,7 @@ class Experiment:
     def summary(self) -> dict[str, Any]:
         """Per-arm results and differences against the conservative arm; JSON-serialisable.
 
-        ``arms[name]``: ``quantile``, ``headroom``, ``families``, ``assignments``, ``share`` (of
+        ``arms[name]``: ``budget``, ``headroom``, ``families``, ``assignments``, ``share`` (of
         assignments), ``periods``, ``steps``, ``violations`` (windows), ``waste`` (mean per
         period), ``viol`` (mean per-period violation rate), ``reward`` (mean), ``reward_sd``,
         ``reward_ci95`` (``[lo, hi]`` of the mean). ``differences[name]`` for each non-baseline
@@ -153,7 +153,7 @@ class Experiment:
                 half = Z95 * math.sqrt(var / s.periods)
                 mean_ci = [mean - half, mean + half]
             arms[a.name] = {
-                "quantile": a.quantile, "headroom": a.headroom,
+                "budget": a.budget, "headroom": a.headroom,
                 "families": list(a.families) if a.families is not None else None,
                 "assignments": s.assignments,
                 "share": s.assignments / total if total else None,

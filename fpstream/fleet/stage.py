@@ -8,13 +8,18 @@ or several, after a crash and resume as in a clean run:
 - **fingerprints and clusters**: every digest's profile vector is learned by the fleet's
   fingerprint (``fpstream.fingerprint``) and its app assigned a cluster (``fpstream.
   clustering``); every ``recluster_s`` of event time the fleet is re-clustered and published;
+- **decisions**: every instance's next period is decided here, at the end of each of its
+  periods. An instance with enough history reserves, for CPU and memory, the rule of its own
+  that minimises ``slack + price * violations`` at the price of its violation budget, and the
+  prices are controlled so that the budgets hold (``fpstream.fleet.budget``); a younger one
+  reserves what its short history says (twice its peak so far). Its A/B arm
+  (``fpstream.fleet.arms``) scales its budget and adds its headroom; the policy snaps the
+  reserve to the catalog (``fpstream.policy``);
 - **cold start**: the windows of every digest teach the evidence groups and the label
   classifier (``fpstream.coldstart``); a deploy request is answered with a ``proactive``
   allocation from them, from the fleet's state at the start of the request's decision period;
-- **young instances**: an instance with too little history of its own (``Digest.mature``
-  false) is decided for here, at the end of each of its periods;
-- **the experiment**: the instances' own periods, scored where they were decided, are summed
-  per arm (``fpstream.fleet.experiment``).
+- **the experiment**: every decided period is scored against the reservation in force and
+  summed per arm (``fpstream.fleet.experiment``).
 
 Contained: an exception while one digest or deploy request is applied comes back as a
 ``model_error`` dead letter, the instance's fleet record is dropped, and the stage goes on.
@@ -35,18 +40,43 @@ from river import stats
 from fpstream.catalog import Catalog
 from fpstream.clustering import FleetClusters
 from fpstream.coldstart import ColdStart
-from fpstream.digest import Digest
+from fpstream.digest import SCORED, Digest
 from fpstream.events import RESOURCES, Allocation, DeadLetter, DeployRequest
 from fpstream.fingerprint import Fingerprinter
+from fpstream.fleet.arms import ArmAssigner, GroupArms, InstanceArms
+from fpstream.fleet.budget import PriceController, budget_of
 from fpstream.fleet.experiment import Experiment, ExperimentSnapshot
 from fpstream.ingest import item_letter
-from fpstream.instance.arms import ArmAssigner
-from fpstream.instance.stage import allocation
 from fpstream.ordering import EARLY, LATE, EventTimeOrder
 from fpstream.policy import Decision, Policy, changed_materially
 from fpstream.settings import Settings
 
-__all__ = ["ClusterDef", "ClusterSnapshot", "FleetConfig", "FleetStage"]
+__all__ = ["ClusterDef", "ClusterSnapshot", "FleetConfig", "FleetStage", "allocation",
+           "rounded"]
+
+#: How many distinct budgets (each with its price) the stage keeps; an app labelled with yet
+#: another one runs at the configured budget.
+MAX_BUDGETS = 256
+
+
+def rounded(values: dict[str, float]) -> dict[str, float]:
+    """Output precision: millicores and whole bytes, so the last bits of float sums (which
+    depend on how numpy batched a computation) never show in an allocation."""
+    return {k: round(v, 3) if k == "cpu_cores" else float(round(v)) for k, v in values.items()}
+
+
+def allocation(app: str, instance: str, ts: float, kind: str, decision: Decision,
+               need: dict[str, float], cluster: int, confidence: float,
+               model_version: int) -> Allocation:
+    """An allocation event; its sequence is the decision's event time in whole seconds (0
+    for a proactive allocation, which precedes every other decision for the instance)."""
+    seq = 0 if kind == "proactive" else round(ts)
+    return Allocation(
+        id=f"{app}/{instance}/{seq}", ts=ts, app=app, instance=instance,
+        kind=kind,  # type: ignore[arg-type]
+        instance_type=decision.instance_type.name, reserve=rounded(decision.reserve),
+        predicted=rounded(need), cluster=int(cluster), confidence=round(confidence, 4),
+        policy=decision.policy, model_version=model_version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +119,8 @@ class FleetConfig:
     change_threshold: float = 0.10
     ttl_s: float = 86_400.0
     max_apps: int = 100_000
+    #: The configured violation budget per selected resource.
+    budgets: tuple[tuple[str, float], ...] = (("cpu_cores", 0.01), ("mem_bytes", 0.001))
 
     @classmethod
     def from_settings(cls, s: Settings) -> FleetConfig:
@@ -96,20 +128,26 @@ class FleetConfig:
                    decision_period_s=s.decision_period_s, recluster_s=s.recluster_s,
                    idle_s=s.idle_s, n_clusters=s.n_clusters, dims=s.fingerprint_dims,
                    seed=s.seed, change_threshold=s.change_threshold, ttl_s=s.app_ttl_s,
-                   max_apps=s.max_apps)
+                   max_apps=s.max_apps,
+                   budgets=(("cpu_cores", s.violation_budget_cpu),
+                            ("mem_bytes", s.violation_budget_mem)))
 
 
 @dataclass(slots=True)
 class FleetInstance:
-    """What the fleet stage keeps of one instance: its latest own need, and the decision of
-    this stage in force (a young instance's, or its proactive allocation)."""
+    """What the fleet stage keeps of one instance: its latest own need, the decision in force
+    (its reserve, type and arm, and the budgets whose prices chose it, if any), its guard
+    rail, and how accurate its forecasts have been."""
 
     last_ts: float
     own: dict[str, float] = field(default_factory=dict)
     reserve: dict[str, float] | None = None
     instance_type: str | None = None
     arm: str | None = None
+    budgets: dict[str, float] = field(default_factory=dict)
     proactive_sent: bool = False
+    arms: InstanceArms = field(default_factory=InstanceArms)
+    error: list[float] = field(default_factory=lambda: [0.0, 0.0])
 
 
 @dataclass(slots=True)
@@ -134,6 +172,9 @@ class FleetStage:
                                       max_keys=config.max_apps)
         self.coldstart = ColdStart(max_keys=config.max_apps, max_instances=config.max_apps)
         self.experiment = Experiment(config.arms)
+        self.bandits: dict[int, GroupArms] = {}  # per cluster (mode bandit)
+        self.prices: dict[tuple[str, float], PriceController] = {}
+        self._realised: dict[tuple[str, float], list[int]] = {}  # this period's, per price
         self.instances: dict[tuple[str, str], FleetInstance] = {}
         # app -> its instances, the least recently active app first
         self.apps: OrderedDict[str, set[str]] = OrderedDict()
@@ -232,11 +273,23 @@ class FleetStage:
             except Exception as ex:  # noqa: BLE001 - no item may stop the stage
                 failed.add((app, instance))
                 out.append(self._contained(d, ex))
+        # What the period realised first, so that the decisions for the next one use prices
+        # that have learned from it.
+        scored = []
         for d, cluster in clustered:
             if (d.app, d.instance) in failed:
                 continue
             try:
-                out.extend(self._digest(d, cluster))
+                self._learn(d, cluster)
+                scored.append((d, cluster))
+            except Exception as ex:  # noqa: BLE001 - no item may stop the stage
+                out.append(self._contained(d, ex))
+        for key, (violated, scored_windows) in sorted(self._realised.items()):
+            self.prices[key].learn(violated, scored_windows)
+        self._realised.clear()
+        for d, cluster in scored:
+            try:
+                out.extend(self._decide(d, cluster))
             except Exception as ex:  # noqa: BLE001 - no item may stop the stage
                 out.append(self._contained(d, ex))
         return out
@@ -257,30 +310,75 @@ class FleetStage:
         self.fingerprinter.learn_one(d.vector)
         return self.clusters.assign(d.app, self.fingerprinter.transform_one(d.vector))
 
-    def _digest(self, d: Digest, cluster: int) -> list[Output]:
+    def _learn(self, d: Digest, cluster: int) -> None:
+        """What the period ``d`` closed says: forecasts' error, and how the decision in force
+        fared."""
         fi = self._instance(d.app, d.instance, d.ts)
         fi.last_ts, fi.own = d.ts, d.own
         if d.error is not None:
             for r, err in zip(RESOURCES, d.error.tolist(), strict=True):
                 if not math.isnan(err):
                     self.error[r].update(err)
-        ex = self.experiment
-        ex.assigned(d.arm)
-        if d.outcome is not None:
-            ex.record(d.outcome)
-        ex.pinned(d.app, d.instance, d.pinned, d.guard_moved)
-        if d.mature:  # the instance decides its next period itself
-            fi.reserve = fi.instance_type = fi.arm = None
-            return []
-        arm = self.config.arms.arm(d.arm)
-        decision = arm.decide(d.own, self.config.catalog)
-        if not self._should_resize(fi, decision, arm):
+                    if r in SCORED:
+                        fi.error[0] += err
+                        fi.error[1] += 1
+        if fi.reserve is not None and fi.arm is not None and len(d.peaks):
+            self._score(d, fi, *self._group(cluster))
+
+    def _decide(self, d: Digest, cluster: int) -> list[Output]:
+        """The instance's next period: its arm, and its need from its rules at the price of its
+        budget (its cautious rule while it warms up)."""
+        fi = self.instances[(d.app, d.instance)]
+        group, key = self._group(cluster)
+        arm = self.config.arms.choose(group, fi.arms, key, d.app, d.instance)
+        self.experiment.assigned(arm.name)
+        need, budgets = dict(d.own), {}
+        if d.warm and d.frontiers:
+            for r, frontier in sorted(d.frontiers.items()):
+                budgets[r] = self._budget(r, d.labels, arm)
+                need[r] = frontier.choose(self.prices[(r, budgets[r])].price)
+        decision = arm.decide(need, self.config.catalog)
+        resize = self._should_resize(fi, decision, arm)
+        fi.budgets = budgets
+        if not resize:
             return []
         fi.reserve = dict(decision.reserve)
         fi.instance_type = decision.instance_type.name
         fi.arm = arm.name
-        return [allocation(d.app, d.instance, d.ts, "resize", decision, d.own, cluster,
-                           self._confidence(), self.fingerprinter.version)]
+        confidence = (self._confidence(fi) if budgets else self._fleet_confidence())
+        return [allocation(d.app, d.instance, d.ts, "resize", decision, need, cluster,
+                           confidence, self.fingerprinter.version)]
+
+    def _score(self, d: Digest, fi: FleetInstance, group: GroupArms, key: str) -> None:
+        """The period ``d`` closed ran under ``fi``'s reservation: the experiment and the arm
+        learn its outcome, and the prices that chose it what it realised."""
+        assert fi.reserve is not None and fi.arm is not None
+        outcome = d.outcome(fi.reserve, fi.arm)
+        self.experiment.record(outcome)
+        moved = self.config.arms.learn(group, fi.arms, key, outcome)
+        self.experiment.pinned(d.app, d.instance, fi.arms.pinned, moved)
+        for r, budget in fi.budgets.items():
+            realised = self._realised.setdefault((r, budget), [0, 0])
+            realised[0] += d.violations(r, fi.reserve.get(r, 0.0))
+            realised[1] += len(d.peaks)
+
+    def _budget(self, resource: str, labels: dict[str, str], arm: Policy) -> float:
+        """The budget an instance's arm runs at, with its price; a new budget beyond
+        ``MAX_BUDGETS`` falls back to the configured one."""
+        default = dict(self.config.budgets)[resource]
+        budget = round(min(budget_of(resource, labels, default) * arm.budget, 0.5), 9)
+        if (resource, budget) not in self.prices:
+            if len(self.prices) >= MAX_BUDGETS:
+                budget = round(min(default * arm.budget, 0.5), 9)
+            self.prices.setdefault((resource, budget), PriceController(resource, budget))
+        return budget
+
+    def _group(self, cluster: int) -> tuple[GroupArms, str]:
+        """The bandit state of a cluster (mode ``bandit`` learns per cluster)."""
+        group = self.bandits.get(cluster)
+        if group is None:
+            group = self.bandits[cluster] = GroupArms()
+        return group, f"cluster-{cluster}"
 
     def _should_resize(self, fi: FleetInstance, decision: Decision, arm: Policy) -> bool:
         if fi.reserve is None or fi.instance_type is None or fi.arm != arm.name:
@@ -317,10 +415,16 @@ class FleetStage:
                            -1 if cluster is None else cluster, confidence,
                            self.fingerprinter.version)]
 
-    def _confidence(self) -> float:
+    def _fleet_confidence(self) -> float:
         """Higher when the instances' forecasts have been accurate so far, fleet-wide."""
         errors = [m.get() for m in self.error.values() if m.n]
         return 0.5 if not errors else max(0.05, 1.0 - sum(errors) / len(errors))
+
+    @staticmethod
+    def _confidence(fi: FleetInstance) -> float:
+        """Higher when the instance's own forecasts have been accurate so far."""
+        total, n = fi.error
+        return 0.5 if not n else max(0.05, 1.0 - total / n)
 
     # -- instances and apps ---------------------------------------------------------------
 
@@ -405,4 +509,5 @@ class FleetStage:
             "clusters": len(self.clusters.centroids()),
             "mae": {r: round(m.get(), 4) for r, m in self.error.items()},
             "buffered": len(self.order),
+            "prices": {f"{r}@{b:g}": c.price for (r, b), c in sorted(self.prices.items())},
         }

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fpstream.fleet.experiment import ExperimentSnapshot
-from fpstream.instance.arms import ArmAssigner
+from fpstream.fleet.arms import ArmAssigner
 from fpstream.io.metrics import FlowMetrics
 from fpstream.settings import Settings
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.flow
 
 # Two arms that differ only in headroom; guard rail off so that only the bandit moves anyone.
 # An instance's own periods (after 24 of warm-up, decided by the fleet) teach its app's bandit.
-BANDIT = {"experiment_mode": "bandit", "arms": "fat:0.95:0.6,lean:0.95:0.05",
+BANDIT = {"experiment_mode": "bandit", "arms": "fat:1:0.6,lean:1:0.05",
           "guard_budget": 1.0, "decision_period_s": 300.0, "recluster_s": 3600.0,
           "experiment_name": "headroom"}
 BANDIT_SIM = {"apps": 18, "minutes": 10 * 60, "seed": 7, "bad_share": 0.0}
@@ -63,10 +63,10 @@ def test_bandit_moves_assignments_to_the_lean_arm(bandit: Any) -> None:
     assert arms["lean"]["waste"] < arms["fat"]["waste"]
     assert summary["differences"]["lean"]["significant"] is True
     assert summary["differences"]["lean"]["diff"] > 0
-    early = lean_share(snaps, -1, 1)  # two hours: burn-in, then nothing learned yet
+    early = lean_share(snaps, -1, 0)  # the first hour: burn-in, then the first lessons
     late = lean_share(snaps, 6, len(snaps) - 1)  # hours 8 to 10
-    print(f"lean share of assignments: first two hours {early:.3f}, hours 8-10 {late:.3f}")
-    assert late > 0.75 and late > early + 0.15, (early, late)
+    print(f"lean share of assignments: first hour {early:.3f}, hours 8-10 {late:.3f}")
+    assert late > 0.85 and late >= early, (early, late)  # a split would stay near 0.5
     # The allocations carry their arm, and the late ones are mostly lean.
     resizes = sorted((a for a in out.allocations if a.kind == "resize"), key=lambda a: a.ts)
     assert {a.policy for a in out.allocations} <= {"fat", "lean"}

@@ -1,5 +1,5 @@
-"""A/B arms of an instance's own decisions: stable split, a per-app Thompson-sampling bandit,
-and the guard rail."""
+"""A/B arms: stable split, a Thompson-sampling bandit per group (the fleet stage's are per
+cluster), and the guard rail."""
 
 from __future__ import annotations
 
@@ -11,33 +11,35 @@ from collections import Counter
 import pytest
 
 from fpstream.digest import Outcome
-from fpstream.instance.arms import AppArms, ArmAssigner, InstanceArms
+from fpstream.fleet.arms import GroupArms, ArmAssigner, InstanceArms
 from fpstream.policy import Policy
 from fpstream.settings import DEFAULT_ARMS, Settings
 
-GOOD = Policy("good", quantile=0.95, headroom=0.10)
-BAD = Policy("bad", quantile=0.95, headroom=0.30)  # also the conservative arm (larger q + h)
+GOOD = Policy("good", budget=2.0)
+BAD = Policy("bad", budget=0.5)  # also the conservative arm (the smallest budget)
 
 
 class Rig:
-    """An assigner with the state one app and its instances hold in the instance stage."""
+    """An assigner with the state its groups and instances hold in the fleet stage (here a
+    group per app)."""
 
     def __init__(self, assigner: ArmAssigner) -> None:
         self.assigner = assigner
-        self.apps: dict[str, AppArms] = {}
+        self.apps: dict[str, GroupArms] = {}
         self.instances: dict[tuple[str, str], InstanceArms] = {}
 
-    def state(self, app: str, instance: str) -> tuple[AppArms, InstanceArms]:
-        return (self.apps.setdefault(app, AppArms()),
+    def state(self, app: str, instance: str) -> tuple[GroupArms, InstanceArms]:
+        return (self.apps.setdefault(app, GroupArms()),
                 self.instances.setdefault((app, instance), InstanceArms()))
 
     def choose(self, app: str, instance: str) -> str:
-        return self.assigner.choose(*self.state(app, instance), app, instance).name
+        group, inst = self.state(app, instance)
+        return self.assigner.choose(group, inst, app, app, instance).name
 
     def learn(self, app: str, instance: str, arm: str, waste: float, violations: int,
               steps: int = 12) -> bool:
-        a, i = self.state(app, instance)
-        return self.assigner.learn(a, i, app, Outcome(arm, waste, violations, steps))
+        group, inst = self.state(app, instance)
+        return self.assigner.learn(group, inst, app, Outcome(arm, waste, violations, steps))
 
 
 def test_defaults_and_conservative_arm() -> None:
@@ -45,8 +47,10 @@ def test_defaults_and_conservative_arm() -> None:
     assert arms.names == ["conservative", "balanced", "lean"]
     assert arms.conservative.name == "conservative"
     assert ArmAssigner("x", [GOOD, BAD]).conservative is BAD
-    tie = [Policy("a", 0.9, 0.1), Policy("b", 0.9, 0.1)]
+    tie = [Policy("a", 0.5, 0.1), Policy("b", 0.5, 0.1)]
     assert ArmAssigner("x", tie).conservative.name == "a"  # ties: the earliest arm
+    roomy = [Policy("a", 0.5, 0.0), Policy("b", 0.5, 0.2)]
+    assert ArmAssigner("x", roomy).conservative.name == "b"  # then the larger headroom
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -154,7 +158,7 @@ def test_burn_in_round_robins_arms_in_a_small_app() -> None:
     assert policy._counts["lean"] > 40
 
 
-def test_each_app_has_its_own_seeded_bandit() -> None:
+def test_each_group_has_its_own_seeded_bandit() -> None:
     rig = Rig(ArmAssigner("c", [GOOD, BAD], mode="bandit", seed=5, burn_in=0, guard_budget=1))
     for _ in range(60):
         rig.learn("a", "i", "good", waste=0.1, violations=0)
@@ -176,7 +180,7 @@ def test_reward_and_bad_outcomes() -> None:
     arms = ArmAssigner("r", [GOOD, BAD], violation_penalty=3.0, guard_budget=1.0)
     assert arms.reward(Outcome("good", 0.25, 2, 8)) == pytest.approx(-0.25 - 3.0 * 2 / 8)
     with pytest.raises(ValueError, match="no arm"):
-        arms.learn(AppArms(), InstanceArms(), "a", Outcome("nope", 0.1, 0, 1))
+        arms.learn(GroupArms(), InstanceArms(), "g", Outcome("nope", 0.1, 0, 1))
 
 
 def test_guard_rail_pins_a_violating_instance() -> None:
@@ -225,4 +229,4 @@ def test_from_settings() -> None:
             arms.guard_periods, arms.seed) == ("q3", "bandit", 1.5, 0.3, 4, 9)
     assert arms.arms == s.policies()
     off = ArmAssigner.from_settings(Settings(experiment_mode="off", headroom=0.2))
-    assert [(a.quantile, a.headroom) for a in off.arms] == [(0.95, 0.2)]
+    assert [(a.budget, a.headroom) for a in off.arms] == [(1.0, 0.2)]

@@ -10,13 +10,13 @@ import pytest
 
 from fpstream.digest import Outcome
 from fpstream.fleet.experiment import Experiment, ExperimentSnapshot
-from fpstream.instance.arms import ArmAssigner
+from fpstream.fleet.arms import ArmAssigner
 from fpstream.io.metrics import FlowMetrics
 from fpstream.policy import Policy
 from fpstream.settings import DEFAULT_ARMS
 
-GOOD = Policy("good", quantile=0.95, headroom=0.10)
-BAD = Policy("bad", quantile=0.95, headroom=0.30)
+GOOD = Policy("good", budget=2.0)
+BAD = Policy("bad", budget=0.5)
 
 
 def experiment(*arms: Policy, **kwargs: object) -> Experiment:

@@ -11,35 +11,36 @@ import numpy as np
 from fpstream.catalog import Catalog
 from fpstream.digest import Digest
 from fpstream.events import Allocation, DeadLetter, DeployRequest, MetricSample
+from fpstream.fleet.arms import ArmAssigner
 from fpstream.fleet.experiment import ExperimentSnapshot
 from fpstream.fleet.stage import ClusterSnapshot, FleetConfig, FleetStage
-from fpstream.instance.arms import ArmAssigner
 from fpstream.instance.stage import InstanceConfig, InstanceStage
 from fpstream.policy import Policy
 
 T0 = 1_750_000_200.0
 GIB = 2.0**30
-ARMS = ArmAssigner(arms=[Policy("only", 0.95, 0.1)])
+ARMS = ArmAssigner(arms=[Policy("only")])
 
 
 def digests(app: str, instance: str, minutes: int, cpu: float, start: float = T0,
-            warmup: int = 4) -> list[Digest]:
-    stage = InstanceStage(InstanceConfig(Catalog.load(), ARMS, window_s=60.0,
-                                         allowed_lateness_s=30.0, decision_period_s=300.0,
-                                         warmup=warmup))
+            warmup: int = 4, spiky: bool = False, labels: dict | None = None) -> list[Digest]:
+    stage = InstanceStage(InstanceConfig(window_s=60.0, allowed_lateness_s=30.0,
+                                         decision_period_s=300.0, warmup=warmup))
+    rng = np.random.default_rng(abs(hash(app)) % 2**32)
     out = []
     for k in range(1, minutes + 1):
+        level = cpu * (rng.gamma(2.0, 0.5) if spiky else 1.0 + 0.05 * (k % 3))
         s = MetricSample(start + 60.0 * k, app, instance,
-                         {"cpu_cores": cpu * (1.0 + 0.05 * (k % 3)), "mem_bytes": 2.0 * GIB},
-                         labels={"kind": app.split("-")[0]},
+                         {"cpu_cores": level, "mem_bytes": 2.0 * GIB},
+                         labels={"kind": app.split("-")[0], **(labels or {})},
                          capacity={"cpu_cores": 4.0, "mem_bytes": 8.0 * GIB})
         out.extend(x for x in stage.on_samples([s])[0] if isinstance(x, Digest))
     return out
 
 
 def fleet(**over: object) -> FleetStage:
-    config = FleetConfig(Catalog.load(), ARMS, decision_period_s=300.0, recluster_s=3600.0,
-                         **over)  # type: ignore[arg-type]
+    config = FleetConfig(Catalog.load(), ARMS, decision_period_s=300.0,  # type: ignore[arg-type]
+                         recluster_s=3600.0, **over)
     return FleetStage(config, sources=("m:0", "d:0"))
 
 
@@ -60,16 +61,34 @@ def feed(stage: FleetStage, items: list, flush: bool = True) -> list:
     return out + (stage.flush() if flush else [])
 
 
-def test_young_instances_are_decided_here_and_mature_ones_not() -> None:
+def test_a_young_instance_reserves_its_cautious_rule_then_its_rule_at_the_price() -> None:
     ds = digests("api-1", "i-0", 60, cpu=1.0, warmup=4)
-    out = feed(fleet(), [("d:0", math.inf), *ds])
-    allocations = [a for a in out if isinstance(a, Allocation)]
-    young = {d.ts for d in ds if not d.mature}
-    assert allocations and {a.ts for a in allocations} <= young
-    first = allocations[0]
-    assert first.ts == ds[0].ts and first.id == f"api-1/i-0/{round(first.ts)}"
-    assert first.cluster >= 0
+    stage = fleet(change_threshold=0.0)
+    out = feed(stage, [("d:0", math.inf), *ds])
+    allocations = {a.ts: a for a in out if isinstance(a, Allocation)}
+    first = allocations[ds[0].ts]
+    assert first.id == f"api-1/i-0/{round(first.ts)}" and first.cluster >= 0
     assert first.predicted["cpu_cores"] == round(ds[0].own["cpu_cores"], 3)
+    warm = [d for d in ds if d.warm and d.ts in allocations]
+    assert warm  # decided from its rules: each reserve is one of its frontier's points
+    for d in warm:
+        chosen = allocations[d.ts].predicted["cpu_cores"]
+        assert chosen in {round(v, 3) for v in d.frontiers["cpu_cores"].value.tolist()}
+    assert stage.prices[("cpu_cores", 0.01)].updates >= len(warm) - 1
+
+
+def test_prices_rise_where_violations_exceed_the_budget_per_app_budget() -> None:
+    strict = {"fpstream.violation_budget_cpu": "0.001"}
+    ds = in_order(*(digests(f"batch-{k}", "i-0", 300, 1.0, warmup=2, spiky=True,
+                            labels=strict if k < 2 else None) for k in range(4)))
+    stage = fleet(change_threshold=0.0)
+    feed(stage, [("d:0", math.inf), *ds])
+    assert set(stage.prices) == {("cpu_cores", 0.001), ("cpu_cores", 0.01),
+                                 ("mem_bytes", 0.001)}
+    # gamma-distributed usage: the last peak is exceeded often, so both prices went up, the
+    # strict one further
+    assert stage.prices[("cpu_cores", 0.001)].price > stage.prices[("cpu_cores", 0.01)].price
+    assert stage.prices[("cpu_cores", 0.01)].updates > 10
 
 
 def deploy(app: str, instance: str, ts: float) -> DeployRequest:
@@ -120,7 +139,7 @@ def test_clusters_and_the_experiment_are_published() -> None:
     assert all(c.needs for c in snaps[-1].clusters)
     experiments = [x for x in out if isinstance(x, ExperimentSnapshot)]
     assert experiments and experiments[-1].ts == ds[-1].ts  # the flush's, as of the newest
-    assert experiments[-1].summary["periods"] > 0  # mature periods were scored
+    assert experiments[-1].summary["periods"] > 0  # decided periods were scored
 
 
 def test_the_least_recently_active_app_is_evicted_beyond_the_budget() -> None:

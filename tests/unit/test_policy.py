@@ -55,7 +55,7 @@ def test_decide_example() -> None:
     assert d.reserve["disk_bps"] == pytest.approx(3e6 * 1.15)
     assert d.reserve["net_bps"] == pytest.approx(1.5e7 * 1.15)
     assert d.reserve["disk_bytes"] == 0.0
-    assert d.instance_type.name == "m.xlarge" and d.fits and d.policy == "p95-h15"
+    assert d.instance_type.name == "m.xlarge" and d.fits and d.policy == "default"
     huge = Policy().decide({"mem_bytes": 4096 * GiB}, CATALOG)
     assert not huge.fits and huge.instance_type.name == "r.16xlarge"
 
@@ -96,7 +96,8 @@ def test_changed_materially() -> None:
     ("kwargs", "message"),
     [
         ({"name": ""}, "name"),
-        ({"quantile": 1.5}, "quantile"),
+        ({"budget": 0.0}, "budget"),
+        ({"budget": float("inf")}, "budget"),
         ({"headroom": -0.1}, "headroom"),
         ({"headroom": float("nan")}, "headroom"),
         ({"families": "m"}, "families"),
@@ -108,7 +109,7 @@ def test_bad_policy(kwargs: dict[str, object], message: str) -> None:
 
 
 def test_policy_is_a_frozen_picklable_value() -> None:
-    p = Policy(name="p90-h25", quantile=0.9, headroom=0.25, families=["m", "c"])  # type: ignore[arg-type]
+    p = Policy(name="p90-h25", budget=0.9, headroom=0.25, families=["m", "c"])  # type: ignore[arg-type]
     assert p.families == ("m", "c")
     assert pickle.loads(pickle.dumps(p)) == p
     assert hash(p) == hash(Policy("p90-h25", 0.9, 0.25, ("m", "c")))

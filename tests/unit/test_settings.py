@@ -34,7 +34,8 @@ def test_secrets_masked_in_repr() -> None:
         ({"FPSTREAM_WINDOW_S": "soon"}, "window_s"),
         ({"FPSTREAM_WINDOW_S": "-5"}, "window_s"),
         ({"FPSTREAM_REDIS_URL": "http://x"}, "redis_url"),
-        ({"FPSTREAM_TARGET_QUANTILE": "1.5"}, "target_quantile"),
+        ({"FPSTREAM_VIOLATION_BUDGET_CPU": "1.5"}, "violation_budget_cpu"),
+        ({"FPSTREAM_VIOLATION_BUDGET_MEM": "0"}, "violation_budget_mem"),
         ({"FPSTREAM_KAFKA_OPTIONS": "novalue"}, "kafka_options"),
     ],
 )
@@ -60,13 +61,12 @@ def test_settings_are_frozen() -> None:
 
 def test_experiment_defaults() -> None:
     s = Settings()
-    assert (s.experiment_name, s.experiment_mode) == ("default", "split")
-    assert [(p.name, p.quantile, p.headroom, p.families) for p in s.policies()] == [
-        ("conservative", 0.99, 0.25, None), ("balanced", 0.95, 0.15, None),
-        ("lean", 0.90, 0.05, None)]
+    assert (s.experiment_name, s.experiment_mode) == ("default", "off")
+    assert [(p.name, p.budget, p.headroom, p.families) for p in s.policies()] == [
+        ("conservative", 0.5, 0.0, None), ("balanced", 1.0, 0.0, None),
+        ("lean", 2.0, 0.0, None)]
     assert s.violation_penalty == 2.0 and s.guard_budget == 0.2 and s.guard_periods == 6
-    # The existing policy defaults are unchanged.
-    assert (s.target_quantile, s.headroom) == (0.95, 0.15)
+    assert (s.violation_budget_cpu, s.violation_budget_mem, s.headroom) == (0.01, 0.001, 0.0)
 
 
 ARMS_TOML = """
@@ -78,12 +78,12 @@ guard_budget = 0.1
 
 [[arms]]
 name = "safe"
-quantile = 0.99
+budget = 0.99
 headroom = 0.3
 
 [[arms]]
 name = "lean"
-quantile = 0.9
+budget = 0.9
 headroom = 0.05
 families = ["c", "m"]
 """
@@ -108,11 +108,11 @@ def test_arms_from_env_and_overrides() -> None:
                            "FPSTREAM_EXPERIMENT_MODE": "off"})
     assert s.policies() == (Policy("a", 0.9, 0.1), Policy("b", 0.8, 0.0, ("c", "m")))
     assert s.experiment_mode == "off"
-    s = load_settings(env={"FPSTREAM_ARMS": '[{"name": "x", "quantile": 0.5, "headroom": 1}]'})
+    s = load_settings(env={"FPSTREAM_ARMS": '[{"name": "x", "budget": 0.5, "headroom": 1}]'})
     assert s.policies() == (Policy("x", 0.5, 1.0),)
     s = load_settings(env={}, overrides={"arms": [Policy("p", 0.8, 0.2)]})
     assert s.policies() == (Policy("p", 0.8, 0.2),)
-    assert Settings(arms=[{"name": "d", "quantile": 0.9, "headroom": 0.1}]).policies() == (  # type: ignore[arg-type]
+    assert Settings(arms=[{"name": "d", "budget": 0.9, "headroom": 0.1}]).policies() == (  # type: ignore[arg-type]
         Policy("d", 0.9, 0.1),)
 
 
@@ -135,18 +135,18 @@ def test_arms_travel_as_env_to_worker_processes() -> None:
         ({"FPSTREAM_GUARD_BUDGET": "1.5"}, "guard_budget"),
         ({"FPSTREAM_GUARD_PERIODS": "0"}, "guard_periods"),
         ({"FPSTREAM_ARMS": ""}, r"arms must define at least one arm"),
-        ({"FPSTREAM_ARMS": "a:0.9"}, r"arms\[0\]: expected name:quantile:headroom"),
+        ({"FPSTREAM_ARMS": "a:0.9"}, r"arms\[0\]: expected name:budget:headroom"),
         ({"FPSTREAM_ARMS": "a:0.9:x"}, r"arms\[0\]: headroom must be a number"),
-        ({"FPSTREAM_ARMS": "a:1.5:0.1"}, r"arms\[0\] \('a'\): policy quantile must be in"),
+        ({"FPSTREAM_ARMS": "a:0:0.1"}, r"arms\[0\] \('a'\): policy budget must be a multiple"),
         ({"FPSTREAM_ARMS": "a:0.9:9"}, r"arms\[0\] \('a'\): headroom must be in \[0, 5\]"),
         ({"FPSTREAM_ARMS": "a:0.9:0.1,a:0.8:0.1"}, r"arm names must be unique.*'a'"),
         ({"FPSTREAM_ARMS": "[{"}, "arms: invalid JSON"),
-        ({"FPSTREAM_ARMS": '[{"name": "a", "quantile": 0.9}]'}, r"arms\[0\]: missing headroom"),
-        ({"FPSTREAM_ARMS": '[{"name": "a", "quantile": 0.9, "headroom": 0, "q": 1}]'},
+        ({"FPSTREAM_ARMS": '[{"name": "a", "budget": 0.9}]'}, r"arms\[0\]: missing headroom"),
+        ({"FPSTREAM_ARMS": '[{"name": "a", "budget": 0.9, "headroom": 0, "q": 1}]'},
          r"arms\[0\]: unknown key\(s\) \['q'\]"),
-        ({"FPSTREAM_ARMS": '[{"name": "a", "quantile": "0.9", "headroom": 0}]'},
-         r"quantile must be a number"),
-        ({"FPSTREAM_ARMS": '[{"name": "a", "quantile": 0.9, "headroom": 0, "families": "c"}]'},
+        ({"FPSTREAM_ARMS": '[{"name": "a", "budget": "0.9", "headroom": 0}]'},
+         r"budget must be a number"),
+        ({"FPSTREAM_ARMS": '[{"name": "a", "budget": 0.9, "headroom": 0, "families": "c"}]'},
          r"families must be a list"),
         ({"FPSTREAM_ARMS": '{"name": "a"}'}, r"setting arms expects a list of arms"),
     ],
@@ -158,11 +158,11 @@ def test_bad_experiment_settings(env: dict[str, str], needle: str) -> None:
 
 def test_bad_arm_in_toml_names_file_and_arm(tmp_path: Path) -> None:
     cfg = tmp_path / "fp.toml"
-    cfg.write_text('[[arms]]\nname = "ok"\nquantile = 0.9\nheadroom = 0.1\n'
-                   '[[arms]]\nname = "broken"\nquantile = 0.9\n')
+    cfg.write_text('[[arms]]\nname = "ok"\nbudget = 0.9\nheadroom = 0.1\n'
+                   '[[arms]]\nname = "broken"\nbudget = 0.9\n')
     with pytest.raises(SettingsError, match=r"fp.toml: setting arms\[1\]: missing headroom"):
         load_settings(cfg, env={})
-    cfg.write_text('[fpstream]\narms = ["x"]\n[[arms]]\nname = "a"\nquantile = 0.9\n'
+    cfg.write_text('[fpstream]\narms = ["x"]\n[[arms]]\nname = "a"\nbudget = 0.9\n'
                    'headroom = 0.1\n')
     with pytest.raises(SettingsError, match="arms defined twice"):
         load_settings(cfg, env={})

@@ -1,35 +1,37 @@
-"""A/B arms for an instance's own decisions: which arm decides each period, and a guard rail.
+"""A/B arms: which arm decides each period of an instance, and a guard rail.
 
-An arm is a :class:`~fpstream.policy.Policy`. Every decision period of an instance that decides
-for itself runs under one arm, chosen when the period before it closes:
+An arm is a :class:`~fpstream.policy.Policy`: a multiple of the configured violation budget
+and a headroom. Every decision period of an instance runs under one arm, chosen when the
+period before it closes:
 
 ``split``   a stable hash: SHA-256 of ``"<experiment name>:<app>/<instance>"`` (hashlib, never
             Python's salted ``hash()``), first 8 bytes modulo the number of arms. The same
             instance gets the same arm in every process, run and replay.
 ``bandit``  a River :class:`~river.bandit.ThompsonSampling` bandit with
-            :class:`~river.proba.Beta` posteriors per app, learning from the app's own periods
-            (the Bernoulli trick below), seeded from SHA-256 of ``"<seed>/<app>"``. Until every
-            arm has ``burn_in`` periods, the next arm in arm order that still lacks them.
+            :class:`~river.proba.Beta` posteriors per group of instances (the fleet stage uses
+            one per cluster), learning from the group's periods (the Bernoulli trick below),
+            seeded from SHA-256 of ``"<seed>/<group>"``. Until every arm has ``burn_in``
+            periods, the next arm in arm order that still lacks them.
 ``off``     the first arm.
 
 A period's reward is ``-waste - violation_penalty * violations / steps`` (``fpstream.scoring``
 over its windows). The bandit learns a Bernoulli draw of success probability
 ``min(max(1 + reward, 0), 1)`` (Agrawal & Goyal 2012), from a ``random.Random`` per app seeded
-from SHA-256 of ``"<seed>/<app>/bernoulli"``: deterministic and picklable.
+from SHA-256 of ``"<seed>/<group>/bernoulli"``: deterministic and picklable.
 
-Guard rail: the **conservative arm** has the largest ``quantile + headroom`` (ties: the earliest).
+Guard rail: the **conservative arm** has the smallest budget (ties: the largest headroom, then
+the earliest).
 When an instance's violation rate over its last ``guard_periods`` periods exceeds
 ``guard_budget``, it is pinned to the conservative arm from its next period on, whatever the
 mode; the bandit does not learn from pinned periods.
 
-The configuration (:class:`ArmAssigner`) is shared by every app of a worker; what each app
-learns lives in an :class:`AppArms` in the app's state, what each instance's guard remembers in
-its :class:`InstanceArms`.
+The configuration is an :class:`ArmAssigner`; what a group's bandit learns lives in an
+:class:`GroupArms`, what each instance's guard remembers in its :class:`InstanceArms`.
 
 >>> from fpstream.policy import Policy
->>> arms = ArmAssigner("demo", [Policy("safe", 0.99, 0.25), Policy("lean", 0.9, 0.05)])
->>> app, inst = AppArms(), InstanceArms()
->>> arms.choose(app, inst, "web", "w-1").name
+>>> arms = ArmAssigner("demo", [Policy("safe", budget=0.5), Policy("lean", budget=2.0)])
+>>> group, inst = GroupArms(), InstanceArms()
+>>> arms.choose(group, inst, "cluster-3", "web", "w-1").name
 'lean'
 """
 
@@ -50,7 +52,7 @@ from fpstream.policy import Policy
 if TYPE_CHECKING:
     from fpstream.settings import Settings
 
-__all__ = ["MODES", "AppArms", "ArmAssigner", "InstanceArms", "Mode", "digest_int"]
+__all__ = ["MODES", "GroupArms", "ArmAssigner", "InstanceArms", "Mode", "digest_int"]
 
 Mode = Literal["split", "bandit", "off"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -70,8 +72,8 @@ class InstanceArms:
         self.pinned = False
 
 
-class AppArms:
-    """What the bandit of one app has learned (mode ``bandit`` only)."""
+class GroupArms:
+    """What the bandit of one group of instances has learned (mode ``bandit`` only)."""
 
     __slots__ = ("bandit", "coin", "turn")
 
@@ -126,16 +128,16 @@ class ArmAssigner:
         self.arms: tuple[Policy, ...] = arms
         self.names = names
         self._by_name = {a.name: a for a in arms}
-        # max() keeps the first of equal keys, so ties go to the earliest arm.
-        self.conservative = max(arms, key=lambda a: a.quantile + a.headroom)
+        # min() keeps the first of equal keys, so ties go to the earliest arm.
+        self.conservative = min(arms, key=lambda a: (a.budget, -a.headroom))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ArmAssigner:
-        """The configured arms; with mode ``off``, the settings' own policy
-        (``target_quantile``, ``headroom``) is the only arm."""
+        """The configured arms; with mode ``off``, the configured budget itself with the
+        settings' ``headroom`` is the only arm."""
         arms = settings.policies()
         if settings.experiment_mode == "off":
-            arms = (Policy(quantile=settings.target_quantile, headroom=settings.headroom),)
+            arms = (Policy(headroom=settings.headroom),)
         return cls(name=settings.experiment_name, arms=arms, mode=settings.experiment_mode,
                    seed=settings.seed, violation_penalty=settings.violation_penalty,
                    guard_budget=settings.guard_budget, guard_periods=settings.guard_periods)
@@ -153,14 +155,16 @@ class ArmAssigner:
 
     # -- assignment ---------------------------------------------------------------------------
 
-    def choose(self, app_arms: AppArms, inst: InstanceArms, app: str, instance: str) -> Policy:
-        """The arm of the instance's next period (call once per period)."""
+    def choose(self, group: GroupArms, inst: InstanceArms, key: str, app: str,
+               instance: str) -> Policy:
+        """The arm of the instance's next period (call once per period); ``group`` is the
+        bandit state of the instance's group, named ``key``."""
         if inst.pinned:
             return self.conservative
         if self.mode == "off":
             return self.arms[0]
         if self.mode == "bandit":
-            return self._by_name[self._pull(app_arms, app)]
+            return self._by_name[self._pull(group, key)]
         return self.peek(app, instance)
 
     def peek(self, app: str, instance: str) -> Policy:
@@ -170,8 +174,8 @@ class ArmAssigner:
             return self.arms[0]
         return self.arms[digest_int(f"{self.name}:{app}/{instance}") % len(self.arms)]
 
-    def _pull(self, app_arms: AppArms, app: str) -> str:
-        policy = self._bandit(app_arms, app)
+    def _pull(self, app_arms: GroupArms, key: str) -> str:
+        policy = self._bandit(app_arms, key)
         names = self.names
         lacking = [policy._counts[n] < self.burn_in for n in names]
         if not any(lacking):
@@ -184,23 +188,23 @@ class ArmAssigner:
                 return names[i]
         raise AssertionError("unreachable: some arm lacks periods")
 
-    def _bandit(self, app_arms: AppArms, app: str) -> bandit.ThompsonSampling:
+    def _bandit(self, app_arms: GroupArms, key: str) -> bandit.ThompsonSampling:
         if app_arms.bandit is None:
             app_arms.bandit = bandit.ThompsonSampling(
-                reward_obj=proba.Beta(), seed=digest_int(f"{self.seed}/{app}"))
-            app_arms.coin = random.Random(digest_int(f"{self.seed}/{app}/bernoulli"))
+                reward_obj=proba.Beta(), seed=digest_int(f"{self.seed}/{key}"))
+            app_arms.coin = random.Random(digest_int(f"{self.seed}/{key}/bernoulli"))
         return app_arms.bandit
 
     # -- outcomes -----------------------------------------------------------------------------
 
-    def learn(self, app_arms: AppArms, inst: InstanceArms, app: str,
-              outcome: Outcome) -> bool:
-        """The instance's period ran on ``outcome.arm``: the bandit (unless the instance is
-        pinned) and the guard rail learn. True if the guard rail pins the instance now, moving
-        it off another arm."""
+    def learn(self, group: GroupArms, inst: InstanceArms, key: str, outcome: Outcome) -> bool:
+        """The instance's period ran on ``outcome.arm``: its group's bandit (unless the
+        instance is pinned) and the guard rail learn. True if the guard rail pins the instance
+        now, moving it off another arm."""
         self.arm(outcome.arm)  # an unknown arm raises a descriptive ValueError
+        app_arms = group
         if self.mode == "bandit" and not inst.pinned:
-            policy = self._bandit(app_arms, app)
+            policy = self._bandit(app_arms, key)
             assert app_arms.coin is not None
             x = min(max(1.0 + self.reward(outcome), 0.0), 1.0)
             policy.update(outcome.arm, app_arms.coin.random() < x)
