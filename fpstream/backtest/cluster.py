@@ -25,6 +25,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +76,13 @@ class Member:
         """``items`` (iterable again and again), reporting their exceptions as ``step``'s."""
         return _GuardedIterable(self, step, items)
 
-    def run(self, flow: Any) -> None:
-        """Run this process's part of ``flow`` (its steps guarded)."""
+    def run(self, flow: Any, epoch: timedelta | None = None) -> None:
+        """Run this process's part of ``flow`` (its steps guarded), in epochs of ``epoch``
+        (Bytewax's default without)."""
         from bytewax.testing import cluster_main
 
         guard_steps(flow, self)
-        cluster_main(flow, self.addresses, self.proc_id)
+        cluster_main(flow, self.addresses, self.proc_id, epoch_interval=epoch)
 
 
 class _GuardedIterable:

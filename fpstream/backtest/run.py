@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,9 @@ STEP_S = 300.0
 MAX_BATCH = 500
 #: How long before its first sample a series's deploy request announces it.
 DEPLOY_LEAD_S = 3600.0
+#: The flow's epoch: the whole replay. Without recovery, an epoch's only effect is that its end
+#: pickles the state of every stateful step that moved (``snapshot``), which nothing reads.
+EPOCH = timedelta(days=1)
 METHODS: tuple[str, ...] = ("fpstream", "vpa", "crane", "manual", "oracle")
 EXPERIMENTS: tuple[str, ...] = ("split", "bandit")  # ``run_backtest(experiment=...)``
 RESOURCES: dict[str, str] = {"cpu": "cpu_cores", "mem": "mem_bytes"}
@@ -380,7 +384,8 @@ def flow_allocations(series: Sequence[Series], settings: Settings,
         messages = TraceMessages(series, settings.topic_metrics, settings.window_s,
                                  on_progress=on_progress, deploys=requests,
                                  deploy_topic=settings.topic_deploys)
-        run_main(backtest_flow(settings, messages, reducer.on_kafka, reducer.on_redis))
+        run_main(backtest_flow(settings, messages, reducer.on_kafka, reducer.on_redis),
+                 epoch_interval=EPOCH)
         return FlowOutput.merge([reducer.output()])
     with tempfile.TemporaryDirectory(prefix="fpstream-backtest-") as tmp:
         path = Path(tmp) / "series.pickle"
@@ -400,7 +405,7 @@ def _flow_process(member: Member, settings: Settings, path: str,
                              deploy_topic=settings.topic_deploys)
     member.run(backtest_flow(settings, messages, member.guard("kafka", reducer.on_kafka),
                              member.guard("redis", reducer.on_redis),
-                             items=member.guard_iter("read", messages)))
+                             items=member.guard_iter("read", messages)), EPOCH)
     return reducer.output()
 
 
