@@ -48,16 +48,21 @@ def fleet() -> list[Series]:
                vm("unannounced", T0 + 0.5 * DAY, None, 0.4, 30, 1.5)])
 
 
-def run(mode: str, workers: int) -> FlowOutput:
+def run(mode: str, workers: int) -> tuple[FlowOutput, list[tuple[int, int]]]:
     settings = replace(backtest_settings(None, STEP), experiment_mode=mode)
-    return flow_allocations(fleet(), settings, deploys=True, workers=workers,
-                            keep_documents=True)
+    progress: list[tuple[int, int]] = []
+    out = flow_allocations(fleet(), settings, lambda done, total: progress.append((done, total)),
+                           deploys=True, workers=workers, keep_documents=True)
+    return out, progress
 
 
 @pytest.mark.parametrize("mode", ["off", "split"])
 def test_two_processes_allocate_exactly_as_one(mode: str) -> None:
-    one, two = run(mode, 1), run(mode, 2)
+    (one, one_progress), (two, two_progress) = run(mode, 1), run(mode, 2)
     assert (one.processes, two.processes) == (1, 2)
+    # the reading process's progress reaches the caller, up to every sample
+    samples = sum(len(s) for s in fleet())
+    assert one_progress[-1] == two_progress[-1] == (samples, samples)
     # Every allocation, proactive ones included: ids, reserves, predictions, clusters, arms.
     assert one.documents and two.documents == one.documents
     assert {d["app"] for d in one.documents} == {s.key[0] for s in fleet()}
