@@ -195,6 +195,7 @@ def load_series(path: PathLike) -> list[Series]:
 
 
 def save_series(series: Sequence[Series], path: PathLike) -> None:
+    """Write ``series`` to ``path`` for ``load_series`` in another process."""
     with Path(path).open("wb") as f:
         pickle.dump(list(series), f, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -245,7 +246,7 @@ class FlowOutput:
         for key, got in chunks.items():
             if len(got) == 1:
                 out.allocations[key] = got[0]
-            else:  # one key's allocations come from one worker: not with today's flow
+            else:  # a key's allocations come from the worker holding its state: never here
                 order = np.argsort(np.concatenate([c["ts"] for c in got]), kind="stable")
                 out.allocations[key] = {name: np.concatenate([c[name] for c in got])[order]
                                         for name in got[0]}
