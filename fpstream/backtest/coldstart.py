@@ -33,7 +33,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +65,6 @@ __all__ = ["BASELINES", "EDGES", "SERIES_BASELINES", "bucket", "coldstart_table"
 EDGES: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 BASELINES: tuple[str, ...] = ("global", "slice", "instance")
 FIRST_HOUR_STEPS = int(HOUR // PLANETLAB_STEP_S)
-#: The replay's epochs: five days make five input pauses, and every epoch end snapshots the
-#: state of a large fleet, so epochs are longer than the hourly backtest's.
-EPOCH = timedelta(seconds=5)
 Progress = Callable[[str, int, int], None]
 
 
@@ -138,12 +134,13 @@ def _mode(c: Counter[int]) -> int | None:
 def run_coldstart(train: Sequence[PathLike] = (), evaluate: Sequence[PathLike] = (), *,
                   paths: Sequence[PathLike] = (), train_days: str | None = None,
                   eval_days: str | None = None, settings: Settings | None = None,
-                  progress: Progress | None = None, limit_vms: int | None = None
-                  ) -> dict[str, Any]:
+                  progress: Progress | None = None, limit_vms: int | None = None,
+                  workers: int = 1) -> dict[str, Any]:
     """The ``cold_start`` section. Either ``train`` and ``evaluate`` archives, or ``paths``
     with ``train_days``/``eval_days`` positions over their sorted days (default: all days but
     the last two for training, the last two for evaluation). ``limit_vms`` keeps the VM-days
-    of the first N host+slice pairs (sorted), for a quick subset."""
+    of the first N host+slice pairs (sorted), for a quick subset. ``workers``: the flow's
+    processes (one cluster, as ``flow_allocations`` runs it)."""
     t0 = time.perf_counter()
     notes: Counter[str] = Counter()
     if train or evaluate:
@@ -192,8 +189,9 @@ def run_coldstart(train: Sequence[PathLike] = (), evaluate: Sequence[PathLike] =
     # Every VM-day is announced at the start of its day (its first sample is one step in),
     # after the earlier days' samples and before its own.
     series = [vm_series(v) for day in sorted(by_day) for v in by_day[day]]
-    proactive = flow_allocations(series, settings, report, deploys=True,
-                                 lead_s=PLANETLAB_STEP_S, epoch=EPOCH).proactive
+    flow = flow_allocations(series, settings, report, deploys=True, lead_s=PLANETLAB_STEP_S,
+                            workers=workers)
+    proactive = flow.proactive
     t2 = time.perf_counter()
 
     scores = {m: _Scores() for m in ("fpstream", *BASELINES)}
@@ -242,6 +240,7 @@ def run_coldstart(train: Sequence[PathLike] = (), evaluate: Sequence[PathLike] =
             "eval_days": [d for d in all_days if d in eval_set],
             "vm_days": sum(len(v) for v in by_day.values()),
             "proactive_allocations": len(proactive),
+            "flow_processes": flow.processes,
             "predicted_bucket_of": "p95 of the VM-day's CPU (share of one core)",
             "baseline_allocation": "the predicted bucket's upper edge",
             "fpstream_allocation": f"the proactive reserve (need x {1 + headroom:g})",
@@ -350,7 +349,7 @@ def series_coldstart(series: Sequence[Series], proactive: dict[tuple[str, str], 
 
 def coldstart_command(fmt: str, paths: Sequence[Path], train: Sequence[Path],
                       evaluate: Sequence[Path], train_days: str | None, eval_days: str | None,
-                      json_out: Path | None, console: Any) -> None:
+                      json_out: Path | None, console: Any, workers: int = 1) -> None:
     """``fpstream backtest --format planetlab --train-days 1-3 --eval-days 4-5`` (or
     ``--train A --eval B``): run the cold-start section, print a table and the document."""
     import typer
@@ -369,7 +368,7 @@ def coldstart_command(fmt: str, paths: Sequence[Path], train: Sequence[Path],
         try:
             section = run_coldstart(train, evaluate, paths=[] if evaluate else paths,
                                     train_days=train_days, eval_days=eval_days,
-                                    progress=progress)
+                                    progress=progress, workers=workers)
         except (FileNotFoundError, ValueError) as ex:
             typer.echo(f"fpstream backtest: {ex}", err=True)
             raise typer.Exit(2) from ex
@@ -398,11 +397,7 @@ def coldstart_table(section: dict[str, Any]) -> Any:
         title = (f"cold start: {section['deployments']} deployments, "
                  f"{section['new_pairs']} never-seen host+slice pairs")
         extra = ("acc (new)", lambda d: d["bucket_accuracy_new"])
-    procs = section.get("flow_processes", 1)
-    caption = (f"fpstream ran in {procs} flow processes, each learning from 1/{procs} of the "
-               "fleet; the baselines know all of it (--workers 1 for the whole fleet)"
-               if procs > 1 else None)
-    table = Table(title=title, caption=caption)
+    table = Table(title=title)
     table.add_column("method")
     for col in ("bucket acc", extra[0], *(f"1st hour {r} {k}" for r in resources
                                           for k in ("waste", "viol"))):

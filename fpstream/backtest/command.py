@@ -32,8 +32,8 @@ def backtest(
         "--report", help="Also write a self-contained HTML report to this file.")] = None,
     workers: Annotated[int, typer.Option(
         "--workers", min=1, max=64,
-        help="Flow processes, each over a share of the series (fleet-wide models then see "
-             "only their share; CPU and memory reservations do not depend on it).")] = 1,
+        help="Flow processes: one Bytewax cluster over the whole trace, as fpstream run on "
+             "several processes; the same allocations as one process.")] = 1,
     score_on: Annotated[str | None, typer.Option(
         "--score-on", help="Series positions to run and score, e.g. 126-250 (default all).")
     ] = None,
@@ -82,7 +82,7 @@ def backtest(
         from fpstream.backtest.coldstart import coldstart_command
 
         coldstart_command(format, paths, train or [], eval_paths or [], train_days, eval_days,
-                          json_out, console)
+                          json_out, console, workers)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 

@@ -2,7 +2,8 @@
 
 The trace's rows become ``MetricSample`` messages on the metrics topic, in event-time order
 (one slot of the trace's native step at a time, at most ``MAX_BATCH`` samples a message), fed
-to ``flows.fleet.build_flow`` over a ``TestingSource`` and run by ``run_main``: the same code
+to ``flows.fleet.build_flow`` over a ``TestingSource`` and run by ``run_main``, or with
+``--workers N`` as one Bytewax cluster of N processes (``flow_allocations``): the same code
 ``fpstream run`` runs on Kafka, with ``decision_period_s`` 3600, ``window_s`` the trace's step
 (300 s for Bitbrains and PlanetLab) and no allowed lateness. The allocations it emits (Kafka
 sink) hold until the next one for the same VM; an allocation stamped ``T`` (decided from the
@@ -26,11 +27,14 @@ A resource the trace lacks (memory in PlanetLab) is omitted from the result, and
 from __future__ import annotations
 
 import math
+import pickle
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +42,14 @@ import numpy as np
 import orjson
 
 from fpstream.backtest.baselines import VPA, Crane, manual, oracle
+from fpstream.backtest.cluster import Member, run_cluster
 from fpstream.backtest.traces import FORMATS, PathLike, Series, parse_range, read_trace
+from fpstream.ingest import Origin
 from fpstream.scoring import Score, in_force
 from fpstream.settings import Settings
 
-__all__ = ["METHODS", "FlowOutput", "ReportData", "backtest_settings", "flow_allocations",
-           "run_backtest", "score_series"]
+__all__ = ["METHODS", "FlowOutput", "FlowReducer", "ReportData", "TraceMessages",
+           "backtest_settings", "flow_allocations", "run_backtest", "score_series"]
 
 HOUR = 3600.0
 DAY = 86_400.0
@@ -51,8 +57,9 @@ STEP_S = 300.0
 MAX_BATCH = 500
 #: How long before its first sample a series's deploy request announces it.
 DEPLOY_LEAD_S = 3600.0
-#: The flow's epoch when deploy requests are sent: the input pauses a little longer after each.
-DEPLOY_EPOCH = timedelta(seconds=2)
+#: The flow's epoch: the whole replay. Without recovery, an epoch's only effect is that its end
+#: pickles the state of every stateful step that moved (``snapshot``), which nothing reads.
+EPOCH = timedelta(days=1)
 METHODS: tuple[str, ...] = ("fpstream", "vpa", "crane", "manual", "oracle")
 EXPERIMENTS: tuple[str, ...] = ("split", "bandit")  # ``run_backtest(experiment=...)``
 RESOURCES: dict[str, str] = {"cpu": "cpu_cores", "mem": "mem_bytes"}
@@ -125,18 +132,18 @@ class TraceMessages:
     fit in memory as JSON): the samples of one slot in time order, at most ``max_batch`` a
     message (a slot of thousands of VMs would exceed the decoder's message size limit).
 
-    ``deploys`` (deploy request documents) go to ``deploy_topic`` in event-time order among
-    the samples, all those of one slot in one message before that slot's samples, followed by
-    a ``pause`` of the input: longer than an epoch, it puts the requests in an epoch of their
-    own, and the flow's stateful steps take epochs in order, so the model stage answers them
-    before it sees any window of the samples that follow (within one epoch, the deploy path
-    and the windows' path may interleave)."""
+    ``series`` are the series, or a function that loads them when the messages are first
+    iterated: in a cluster, only the process that reads the input loads the trace.
 
-    def __init__(self, series: Sequence[Series], topic: str, slot_s: float = STEP_S,
-                 max_batch: int = MAX_BATCH,
+    ``deploys`` (deploy request documents) go to ``deploy_topic`` in event-time order among
+    the samples, all those of one slot in one message before that slot's samples. The model
+    stage answers each from the fleet's state at the start of its decision period, whenever
+    it arrives among the windows (``fpstream.model``)."""
+
+    def __init__(self, series: Sequence[Series] | Callable[[], Sequence[Series]], topic: str,
+                 slot_s: float = STEP_S, max_batch: int = MAX_BATCH,
                  on_progress: Callable[[int, int], None] | None = None,
-                 deploys: Sequence[dict[str, Any]] = (), deploy_topic: str = "",
-                 pause: timedelta | None = None) -> None:
+                 deploys: Sequence[dict[str, Any]] = (), deploy_topic: str = "") -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
         if deploys and not deploy_topic:
@@ -148,14 +155,19 @@ class TraceMessages:
         self.on_progress = on_progress  # (samples sent, samples in all)
         self.deploys = sorted(deploys, key=lambda d: (d["ts"], d["app"], d["instance"]))
         self.deploy_topic = deploy_topic
-        self.pause = pause
+
+    @property
+    def sources(self) -> list[str]:
+        """The input partitions (``topic:partition``) the messages come from."""
+        topics = [self.topic, *([self.deploy_topic] if self.deploys else [])]
+        return [Origin(topic, 0, None).source for topic in topics]
 
     def __iter__(self) -> Iterator[Any]:
         from bytewax.connectors.kafka import KafkaSourceMessage
-        from bytewax.testing import TestingSource
 
+        series = self.series() if callable(self.series) else self.series
         rows = [(int(math.ceil(t / self.slot_s)), float(t), k, i)
-                for k, s in enumerate(self.series) for i, t in enumerate(s.ts)]
+                for k, s in enumerate(series) for i, t in enumerate(s.ts)]
         rows.sort()
         start = 0
         offset = 0
@@ -165,24 +177,20 @@ class TraceMessages:
             due = 0
             while due < len(pending) and math.ceil(pending[due]["ts"] / self.slot_s) <= slot:
                 due += 1
-            if due:
-                for i in range(0, due, self.max_batch):
-                    chunk = pending[i:min(due, i + self.max_batch)]
-                    yield KafkaSourceMessage(key=None, value=orjson.dumps(chunk),
-                                             topic=self.deploy_topic, partition=0,
-                                             offset=offset,
-                                             timestamp=(1, int(chunk[-1]["ts"] * 1000)))
-                    offset += 1
-                del pending[:due]
-                if self.pause is not None:
-                    yield TestingSource.PAUSE(self.pause)
+            for i in range(0, due, self.max_batch):
+                chunk = pending[i:min(due, i + self.max_batch)]
+                yield KafkaSourceMessage(key=None, value=orjson.dumps(chunk),
+                                         topic=self.deploy_topic, partition=0, offset=offset,
+                                         timestamp=(1, int(chunk[-1]["ts"] * 1000)))
+                offset += 1
+            del pending[:due]
             if start >= len(rows):
                 break
             end = start
             while (end < len(rows) and rows[end][0] == rows[start][0]
                    and end - start < self.max_batch):
                 end += 1
-            batch = [sample_dict(self.series[k], i) for _, _, k, i in rows[start:end]]
+            batch = [sample_dict(series[k], i) for _, _, k, i in rows[start:end]]
             newest = rows[end - 1][1]
             yield KafkaSourceMessage(key=None, value=orjson.dumps(batch), topic=self.topic,
                                      partition=0, offset=offset,
@@ -193,6 +201,19 @@ class TraceMessages:
                 self.on_progress(start, len(rows))
 
 
+def load_series(path: PathLike) -> list[Series]:
+    """The series ``save_series`` wrote to ``path``."""
+    with Path(path).open("rb") as f:
+        series: list[Series] = pickle.load(f)  # noqa: S301 - written by this process's parent
+    return series
+
+
+def save_series(series: Sequence[Series], path: PathLike) -> None:
+    """Write ``series`` to ``path`` for ``load_series`` in another process."""
+    with Path(path).open("wb") as f:
+        pickle.dump(list(series), f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 @dataclass
 class FlowOutput:
     """What the flow wrote, reduced as it came: per (app, instance) its allocations' ``ts``
@@ -200,9 +221,10 @@ class FlowOutput:
     latest cluster snapshot (centroids and the app -> cluster map). A snapshot holds only the
     apps still active, so ``app_clusters`` keeps each app's cluster in the latest snapshot
     that held it. Each allocation's ``arm`` (its ``policy``) is kept as an index into
-    ``arms``; ``experiments`` holds the newest experiment summary of each flow process;
-    ``proactive`` the ``proactive`` allocation documents, per (app, instance); ``processes``
-    how many flow processes shared the series."""
+    ``arms``; ``experiments`` holds the flow's newest experiment summary (one, from the fleet
+    stage; none without one); ``proactive`` the ``proactive`` allocation documents, per
+    (app, instance); ``documents``, when asked for, every allocation document, by id;
+    ``processes`` how many processes the flow ran in."""
 
     allocations: dict[Key, dict[str, np.ndarray]]
     other: Counter[str]
@@ -212,7 +234,105 @@ class FlowOutput:
     app_clusters: dict[str, int] = field(default_factory=dict)
     arms: list[str] = field(default_factory=list)
     experiments: list[dict[str, Any]] = field(default_factory=list)
+    documents: list[dict[str, Any]] = field(default_factory=list)
     processes: int = 1
+
+    @classmethod
+    def merge(cls, parts: Sequence[FlowOutput]) -> FlowOutput:
+        """One output from what the sinks of each process of one flow saw (in process order):
+        ``processes`` is how many there were."""
+        out = cls({}, Counter(), arms=list(parts[0].arms) if parts else [],
+                  processes=len(parts))
+        chunks: dict[Key, list[dict[str, np.ndarray]]] = {}
+        for part in parts:
+            for name in part.arms:
+                if name not in out.arms:
+                    out.arms.append(name)
+            arm = np.array([out.arms.index(name) for name in part.arms], dtype=np.float64)
+            for key, a in part.allocations.items():
+                chunks.setdefault(key, []).append({**a, "arm": arm[a["arm"].astype(np.intp)]})
+            for key, doc in part.proactive.items():
+                out.proactive.setdefault(key, doc)
+            out.other.update(part.other)
+            out.snapshots += part.snapshots
+            out.experiments += part.experiments
+            out.documents += part.documents
+        for key, got in chunks.items():
+            if len(got) == 1:
+                out.allocations[key] = got[0]
+            else:  # a key's allocations come from the worker holding its state: never here
+                order = np.argsort(np.concatenate([c["ts"] for c in got]), kind="stable")
+                out.allocations[key] = {name: np.concatenate([c[name] for c in got])[order]
+                                        for name in got[0]}
+        clustered = [(p.clusters.ts, p.clusters.version, i, p) for i, p in enumerate(parts)
+                     if p.clusters is not None]
+        for *_, part in sorted(clustered, key=lambda c: c[:3]):
+            out.app_clusters.update(part.app_clusters)
+            out.clusters = part.clusters
+        out.documents.sort(key=lambda d: d["id"])
+        return out
+
+
+class FlowReducer:
+    """What the sinks of one flow process see, reduced as it comes: ``on_kafka`` and
+    ``on_redis`` take the batches the flow writes, ``output()`` is the process's
+    ``FlowOutput``. Only the compact allocation rows and the latest cluster snapshot are kept,
+    never the messages (all allocation documents with ``keep_documents``)."""
+
+    def __init__(self, settings: Settings, keep_documents: bool = False) -> None:
+        self.settings = settings
+        self.keep_documents = keep_documents
+        self.rows: dict[Key, list[tuple[float, float, float, float]]] = {}
+        self.out = FlowOutput({}, Counter(), arms=[p.name for p in settings.policies()])
+        self.newest: Any | None = None  # the newest experiment snapshot
+
+    def _arm(self, name: str) -> float:
+        arms = self.out.arms
+        if name not in arms:
+            arms.append(name)  # mode off: the settings' own policy
+        return float(arms.index(name))
+
+    def on_kafka(self, items: list[Any]) -> None:
+        out = self.out
+        for msg in items:
+            doc = orjson.loads(msg.value)
+            if msg.topic == self.settings.topic_allocations:
+                reserve = doc["reserve"]
+                key = (doc["app"], doc["instance"])
+                self.rows.setdefault(key, []).append(
+                    (doc["ts"], reserve.get("cpu_cores", math.nan),
+                     reserve.get("mem_bytes", math.nan), self._arm(doc["policy"])))
+                if doc.get("kind") == "proactive":
+                    out.proactive.setdefault(key, doc)
+                if self.keep_documents:
+                    out.documents.append(doc)
+            elif msg.topic == self.settings.topic_deadletter:
+                out.other[f"deadletter:{doc['reason']}"] += 1
+            else:
+                out.other["anomalies"] += 1
+
+    def on_redis(self, items: list[Any]) -> None:
+        from fpstream.fleet.experiment import ExperimentSnapshot
+        from fpstream.io.fleet_step import is_cluster_def
+
+        out = self.out
+        for item in items:
+            if is_cluster_def(item):
+                out.clusters = item
+                out.snapshots += 1
+                out.app_clusters.update(item.apps)
+            elif isinstance(item, ExperimentSnapshot) and (self.newest is None or
+                                                         item.ts >= self.newest.ts):
+                self.newest = item
+
+    def output(self) -> FlowOutput:
+        out = self.out
+        for key, items in self.rows.items():
+            items.sort()
+            a = np.array(items, dtype=np.float64)
+            out.allocations[key] = {"ts": a[:, 0], "cpu": a[:, 1], "mem": a[:, 2], "arm": a[:, 3]}
+        out.experiments = [self.newest.summary] if self.newest is not None else []
+        return out
 
 
 def consuming_sink(fn: Callable[[list[Any]], None]) -> Any:
@@ -231,153 +351,77 @@ def consuming_sink(fn: Callable[[list[Any]], None]) -> Any:
     return Sink()
 
 
+def backtest_flow(settings: Settings, messages: TraceMessages,
+                  on_kafka: Callable[[list[Any]], None],
+                  on_redis: Callable[[list[Any]], None],
+                  items: Iterable[Any] | None = None) -> Any:
+    """``flows.fleet.build_flow`` over ``messages`` (or ``items``, ``messages`` wrapped), its
+    sinks handing batches to ``on_kafka`` and ``on_redis``.
+
+    The model stage waits for the messages' partitions from the start, as ``fpstream run``
+    waits for its topics' partitions: within one Bytewax epoch the windows of a message can
+    reach the model stage before the markers read with it (deploy requests, an app's first
+    sample, the partition's progress), so a partition not yet heard of must hold it back."""
+    from bytewax.testing import TestingSource
+
+    from flows.fleet import build_flow
+    from fpstream.io.metrics import FlowMetrics
+
+    source = TestingSource(messages if items is None else items, batch_size=20)
+    return build_flow(settings, source=source, kafka_sink=consuming_sink(on_kafka),
+                      redis_sink=consuming_sink(on_redis), metrics=FlowMetrics(),
+                      sources=messages.sources)
+
+
 def flow_allocations(series: Sequence[Series], settings: Settings,
                      on_progress: Callable[[int, int], None] | None = None,
-                     deploys: bool = False, lead_s: float = DEPLOY_LEAD_S,
-                     epoch: timedelta = DEPLOY_EPOCH) -> FlowOutput:
+                     deploys: bool = False, lead_s: float = DEPLOY_LEAD_S, workers: int = 1,
+                     keep_documents: bool = False) -> FlowOutput:
     """Run the real flow over the series and collect what it decided (``FlowOutput``);
     ``on_progress(samples sent, samples in all)`` as it goes. With ``deploys``, every series
     with a capacity is announced by a deploy request (``deploy_request``) ``lead_s`` before
-    its first sample, and the flow runs in epochs of ``epoch``."""
-    from bytewax.testing import TestingSource, run_main
+    its first sample. With ``keep_documents``, the output also holds every allocation.
 
-    from flows.fleet import build_flow
-    from fpstream.fleet.experiment import ExperimentSnapshot
-    from fpstream.io.fleet_step import is_cluster_def
-    from fpstream.io.metrics import FlowMetrics
-
-    rows: dict[Key, list[tuple[float, float, float, float]]] = {}
-    out = FlowOutput({}, Counter(), arms=[p.name for p in settings.policies()])
-    newest: list[ExperimentSnapshot] = []
-
-    def arm_index(name: str) -> float:
-        if name not in out.arms:
-            out.arms.append(name)  # mode off: the settings' own policy
-        return float(out.arms.index(name))
-
-    def on_kafka(items: list[Any]) -> None:
-        for msg in items:
-            doc = orjson.loads(msg.value)
-            if msg.topic == settings.topic_allocations:
-                reserve = doc["reserve"]
-                rows.setdefault((doc["app"], doc["instance"]), []).append(
-                    (doc["ts"], reserve.get("cpu_cores", math.nan),
-                     reserve.get("mem_bytes", math.nan), arm_index(doc["policy"])))
-                if doc.get("kind") == "proactive":
-                    out.proactive.setdefault((doc["app"], doc["instance"]), doc)
-            elif msg.topic == settings.topic_deadletter:
-                out.other[f"deadletter:{doc['reason']}"] += 1
-            else:
-                out.other["anomalies"] += 1
-
-    def on_redis(items: list[Any]) -> None:
-        for item in items:
-            if is_cluster_def(item):
-                out.clusters = item
-                out.snapshots += 1
-                out.app_clusters.update(item.apps)
-            elif isinstance(item, ExperimentSnapshot) and (not newest or
-                                                         item.ts >= newest[0].ts):
-                newest[:] = [item]
-
+    ``workers`` > 1 runs the flow as one Bytewax cluster of that many processes
+    (``fpstream.backtest.cluster``), as ``fpstream run`` runs on several: the process that
+    owns the input reads the whole trace (it alone loads it, from a file this process
+    writes), the per-app steps spread the apps over all processes, the fleet-wide stage sees
+    every series, and each process's sinks reduce what it sees (``FlowReducer``) for this
+    process to merge. The allocations are the same as on one process."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers!r}")
     requests = ([d for s in series if (d := deploy_request(s, lead_s)) is not None]
                 if deploys else [])
-    source = TestingSource(TraceMessages(series, settings.topic_metrics, settings.window_s,
-                                         on_progress=on_progress, deploys=requests,
-                                         deploy_topic=settings.topic_deploys,
-                                         pause=epoch * 1.2), batch_size=20)
-    flow = build_flow(settings, source=source, kafka_sink=consuming_sink(on_kafka),
-                      redis_sink=consuming_sink(on_redis), metrics=FlowMetrics())
-    run_main(flow, epoch_interval=epoch if requests else None)
-    for key, items in rows.items():
-        items.sort()
-        a = np.array(items, dtype=np.float64)
-        out.allocations[key] = {"ts": a[:, 0], "cpu": a[:, 1], "mem": a[:, 2], "arm": a[:, 3]}
-    out.experiments = [newest[0].summary] if newest else []
-    return out
+    if workers == 1:
+        from bytewax.testing import run_main
+
+        reducer = FlowReducer(settings, keep_documents)
+        messages = TraceMessages(series, settings.topic_metrics, settings.window_s,
+                                 on_progress=on_progress, deploys=requests,
+                                 deploy_topic=settings.topic_deploys)
+        run_main(backtest_flow(settings, messages, reducer.on_kafka, reducer.on_redis),
+                 epoch_interval=EPOCH)
+        return FlowOutput.merge([reducer.output()])
+    with tempfile.TemporaryDirectory(prefix="fpstream-backtest-") as tmp:
+        path = Path(tmp) / "series.pickle"
+        save_series(series, path)
+        parts = run_cluster(_flow_process, (settings, str(path), requests, keep_documents),
+                            workers, on_progress)
+    return FlowOutput.merge(parts)
 
 
-def _shard_main(shard: int, series: Sequence[Series], settings: Settings, queue: Any,
-                deploys: bool) -> None:
-    """A worker process of ``sharded_flow_allocations``: run the flow, report through
-    ``queue``."""
-    try:
-        out = flow_allocations(series, settings,
-                               lambda done, total: queue.put(("progress", shard, done, total)),
-                               deploys)
-        queue.put(("result", shard, out, None))
-    except BaseException as ex:  # reported to the parent, which raises
-        queue.put(("error", shard, f"{type(ex).__name__}: {ex}", None))
-
-
-def sharded_flow_allocations(series: Sequence[Series], settings: Settings, workers: int,
-                             progress: Progress | None = None,
-                             deploys: bool = False) -> FlowOutput:
-    """``flow_allocations`` over ``workers`` processes, the series dealt round-robin.
-
-    Each process runs the whole flow over its share, so the fleet-wide models (clusters, the
-    global need model) see only that share; CPU and memory reservations are chosen per
-    instance (``fpstream.selector``) and do not depend on the sharing. Cluster ids of shard
-    ``i`` are offset by ``1000 * i`` in the merged output.
-    """
-    def report(done: int, total: int) -> None:
-        if progress:
-            progress("flow", done, total)
-
-    if workers <= 1 or len(series) < 2:
-        return flow_allocations(series, settings, report, deploys)
-    import multiprocessing as mp
-    import queue as queue_mod
-
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    shards = [list(series[i::workers]) for i in range(workers)]
-    procs = [ctx.Process(target=_shard_main, args=(i, shard, settings, q, deploys),
-                         daemon=True)
-             for i, shard in enumerate(shards) if shard]
-    for proc in procs:
-        proc.start()
-    results: dict[int, FlowOutput] = {}
-    sent = [0] * len(procs)
-    totals = [sum(len(s) for s in shard) for shard in shards if shard]
-    try:
-        while len(results) < len(procs):
-            try:
-                kind, shard, payload, extra = q.get(timeout=5.0)
-            except queue_mod.Empty:
-                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(f"a backtest flow process died (exit {dead[0]})") from None
-                continue
-            if kind == "progress":
-                sent[shard] = payload
-                report(sum(sent), sum(totals))
-            elif kind == "result":
-                results[shard] = payload
-            else:
-                raise RuntimeError(f"backtest flow shard {shard} failed: {payload}")
-    finally:
-        for proc in procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-    merged = FlowOutput({}, Counter(), processes=len(results))
-    cluster_defs: list[Any] = []
-    for shard in sorted(results):
-        got = results[shard]
-        merged.allocations.update(got.allocations)
-        merged.proactive.update(got.proactive)
-        merged.other.update(got.other)
-        merged.snapshots += got.snapshots
-        merged.experiments += got.experiments
-        if len(got.arms) > len(merged.arms):  # the same settings: one list, maybe extended
-            merged.arms = got.arms
-        merged.app_clusters.update({a: c + 1000 * shard for a, c in got.app_clusters.items()})
-        if got.clusters is not None:
-            cluster_defs += [replace(c, id=c.id + 1000 * shard) for c in got.clusters.clusters]
-            merged.clusters = replace(got.clusters, clusters=tuple(cluster_defs),
-                                      apps=dict(merged.app_clusters))
-    return merged
+def _flow_process(member: Member, settings: Settings, path: str,
+                  requests: list[dict[str, Any]], keep_documents: bool) -> FlowOutput:
+    """One process of ``flow_allocations``'s cluster: its part of the flow, and what its
+    sinks saw."""
+    reducer = FlowReducer(settings, keep_documents)
+    messages = TraceMessages(partial(load_series, path), settings.topic_metrics,
+                             settings.window_s, on_progress=member.progress, deploys=requests,
+                             deploy_topic=settings.topic_deploys)
+    member.run(backtest_flow(settings, messages, member.guard("kafka", reducer.on_kafka),
+                             member.guard("redis", reducer.on_redis),
+                             items=member.guard_iter("read", messages)), EPOCH)
+    return reducer.output()
 
 
 def baseline_decisions(s: Series) -> dict[str, dict[str, np.ndarray]]:
@@ -554,8 +598,8 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
 
     The flow runs ``settings`` (default: the shipped defaults) with the protocol's decision
     period and window (``backtest_settings``); only the series at ``score_on`` (``"126-250"``;
-    default: all) run through the flow and are scored. ``workers`` > 1 runs the flow in that
-    many processes (``sharded_flow_allocations``).
+    default: all) run through the flow and are scored. ``workers`` > 1 runs the flow as one
+    Bytewax cluster of that many processes over those series (``flow_allocations``).
 
     With ``experiment`` (``split`` or ``bandit``), the flow runs that A/B experiment over the
     settings' arms (default: ``DEFAULT_ARMS``) and the result gets an ``experiment`` section
@@ -589,7 +633,11 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
     # Series with a provisioned size are announced by a deploy request carrying it, so their
     # first hour runs on a proactive allocation and is scored as cold start.
     deploys = any(deploy_request(s) is not None for s in series)
-    flow = sharded_flow_allocations(series, settings, workers, progress, deploys)
+    def flow_progress(done: int, total: int) -> None:
+        if progress:
+            progress("flow", done, total)
+
+    flow = flow_allocations(series, settings, flow_progress, deploys, workers=workers)
     notes.update(flow.other)
     t2 = time.perf_counter()
     resources = [res for res in RESOURCES if any(s.usage(res) is not None for s in series)]
@@ -638,8 +686,6 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
     if deploys:
         from fpstream.backtest.coldstart import series_coldstart
 
-        # With several flow processes each learns from its share of the fleet only, while
-        # the baselines know all of it: the section says so.
         result["cold_start"] = {**series_coldstart(series, flow.proactive),
                                 "flow_processes": flow.processes}
     if score_on is not None:

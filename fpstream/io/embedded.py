@@ -48,12 +48,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A preexec hook asking Linux to SIGTERM the child when the forking thread dies."""
+def die_with_parent(parent: int | None = None) -> Callable[[], None] | None:
+    """A preexec hook asking Linux to SIGTERM the child when the forking thread dies.
+
+    ``parent`` is the process the child must not outlive: by default the caller, which forks
+    the child that runs the hook; a child started otherwise (``multiprocessing``) calls the
+    hook itself, with its parent's pid."""
     if not sys.platform.startswith("linux"):
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork, not in the child
-    parent = os.getpid()
+    parent = os.getpid() if parent is None else parent
 
     def hook() -> None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

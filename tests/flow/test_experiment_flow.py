@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from fpstream.fleet.experiment import ExperimentSnapshot
 from fpstream.fleet.arms import ArmAssigner
+from fpstream.fleet.experiment import ExperimentSnapshot
 from fpstream.io.metrics import FlowMetrics
 from fpstream.settings import Settings
 

@@ -60,6 +60,20 @@ def test_every_vm_is_announced_and_scored_as_a_cold_start(result: dict[str, Any]
     assert cold["flow_processes"] == 1
 
 
+def test_two_flow_processes_give_the_same_result(result: dict[str, Any]) -> None:
+    two = run_backtest(TRACE, N_SERIES, workers=2)
+    assert two["cold_start"]["flow_processes"] == 2
+
+    def figures(doc: dict[str, Any]) -> dict[str, Any]:
+        notes = {k: v for k, v in doc["notes"].items() if k != "seconds"}
+        cold = {k: v for k, v in doc["cold_start"].items() if k != "flow_processes"}
+        return {**doc, "notes": notes, "cold_start": cold}
+
+    # One cluster of two processes runs the same flow over the same fleet: every figure,
+    # allocation count and cluster snapshot count agrees.
+    assert figures(two) == figures(result)
+
+
 def test_baselines_order_as_they_must(result: dict[str, Any]) -> None:
     for res in ("cpu", "mem"):
         waste = {m: result[res][m]["waste"] for m in METHODS}

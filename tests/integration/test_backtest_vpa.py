@@ -23,7 +23,7 @@ def result() -> dict[str, Any]:
     if not TRACE.is_dir():
         pytest.skip(f"the Bitbrains trace is not here ({TRACE}): a fresh clone has no "
                     "../shared/data; CI provides it")
-    return run_backtest(TRACE, 8, settings=Settings(violation_budget_cpu=BUDGET), workers=1)
+    return run_backtest(TRACE, 8, settings=Settings(violation_budget_cpu=BUDGET), workers=2)
 
 
 def test_cpu_waste_is_below_vpa_near_its_budget(result: dict[str, Any]) -> None:
@@ -46,4 +46,4 @@ def test_the_settings_it_ran_are_reported(result: dict[str, Any]) -> None:
 
 def test_the_cold_start_section_names_the_flow_processes(result: dict[str, Any]) -> None:
     assert result["cold_start"]["deployments"] == 8
-    assert result["cold_start"]["flow_processes"] == 1
+    assert result["cold_start"]["flow_processes"] == 2

@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fpstream.digest import Outcome
-from fpstream.fleet.experiment import Experiment, ExperimentSnapshot
 from fpstream.fleet.arms import ArmAssigner
+from fpstream.fleet.experiment import Experiment, ExperimentSnapshot
 from fpstream.io.redis_sink import RedisPublisher
 from fpstream.ops.status import read_experiment, read_status
 from fpstream.settings import DEFAULT_ARMS, Settings

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from fpstream.digest import Outcome
-from fpstream.fleet.arms import GroupArms, ArmAssigner, InstanceArms
+from fpstream.fleet.arms import ArmAssigner, GroupArms, InstanceArms
 from fpstream.policy import Policy
 from fpstream.settings import DEFAULT_ARMS, Settings
 

@@ -3,17 +3,21 @@ scoring of proactive allocations against the first day and first hour of each se
 
 from __future__ import annotations
 
-import io
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-from bytewax.testing import TestingSource
 
 from fpstream.backtest.coldstart import FIRST_HOUR_STEPS, series_coldstart
-from fpstream.backtest.run import DAY, DEPLOY_LEAD_S, TraceMessages, deploy_request
+from fpstream.backtest.run import (
+    DAY,
+    DEPLOY_LEAD_S,
+    TraceMessages,
+    deploy_request,
+    load_series,
+    save_series,
+)
 from fpstream.backtest.traces import Series
 
 STEP = 300.0
@@ -47,33 +51,44 @@ def test_a_deploy_request_carries_the_provisioned_size_an_hour_ahead() -> None:
     assert deploy_request(no_capacity) is None
 
 
-def test_deploys_precede_the_samples_of_their_slot_and_pause_the_input() -> None:
+def test_deploys_precede_the_samples_of_their_slot() -> None:
     early, late = vm("a", T0, 2.0, 0.1, days=0.5), vm("b", T0 + 3 * 3600, 2.0, 0.1, days=0.5)
     deploys = [d for s in (early, late) if (d := deploy_request(s)) is not None]
-    pause = timedelta(seconds=1)
-    items = list(TraceMessages([early, late], "metrics", STEP, deploys=deploys,
-                               deploy_topic="deploys", pause=pause))
-    sent: list[tuple[str, float]] = []  # (topic or "pause", newest ts)
-    for item in items:
-        if isinstance(item, TestingSource.PAUSE):
-            sent.append(("pause", sent[-1][1]))
-            continue
-        docs = orjson.loads(item.value)
-        sent.append((item.topic, max(d["ts"] for d in docs)))
+    messages = TraceMessages([early, late], "metrics", STEP, deploys=deploys,
+                             deploy_topic="deploys")
+    items = list(messages)
+    sent = [(item.topic, max(d["ts"] for d in orjson.loads(item.value))) for item in items]
     topics = [t for t, _ in sent]
-    assert topics.count("deploys") == 2 and topics.count("pause") == 2
+    assert topics.count("deploys") == 2
     for i, (topic, ts) in enumerate(sent):
         if topic == "deploys":
-            assert topics[i + 1] == "pause"
             # the samples before the request are of earlier slots, those after of its slot on
             slot = np.ceil(ts / STEP)
             assert all(np.ceil(t / STEP) < slot for top, t in sent[:i] if top == "metrics")
             assert all(np.ceil(t / STEP) >= slot for top, t in sent[i + 1:] if top == "metrics")
-    samples = sum(len(orjson.loads(it.value)) for it in items
-                  if not isinstance(it, TestingSource.PAUSE) and it.topic == "metrics")
+    samples = sum(len(orjson.loads(it.value)) for it in items if it.topic == "metrics")
     assert samples == len(early) + len(late)
+    # the partitions the model stage waits for: the deploys' only when there are some
+    assert messages.sources == ["metrics:0", "deploys:0"]
+    assert TraceMessages([early], "metrics").sources == ["metrics:0"]
     with pytest.raises(ValueError, match="deploy_topic"):
         TraceMessages([early], "metrics", deploys=deploys)
+
+
+def test_the_series_can_be_loaded_where_the_messages_are_read(tmp_path: Any) -> None:
+    series = [vm("a", T0, 2.0, 0.1, days=0.5), vm("b", T0, 1.0, 0.5, days=0.5)]
+    save_series(series, tmp_path / "series.pickle")
+    loads = []
+
+    def load() -> list[Series]:
+        loads.append(1)
+        return load_series(tmp_path / "series.pickle")
+
+    lazy = TraceMessages(load, "metrics", STEP)
+    assert not loads  # nothing is loaded before the messages are read
+    got = [m.value for m in lazy]
+    assert loads == [1]
+    assert got == [m.value for m in TraceMessages(series, "metrics", STEP)]
 
 
 def test_series_coldstart_scores_buckets_first_hours_and_baselines() -> None:
@@ -118,21 +133,3 @@ def test_the_size_baseline_keeps_its_peers_idle_bucket_over_a_busy_fleet() -> No
     doc = series_coldstart([*first, new], {})
     assert doc["global"]["with_history"]["bucket_accuracy"] == 0.0  # the fleet's bucket: 3
     assert doc["size"]["with_history"]["bucket_accuracy"] == 1.0  # its peers': 0
-
-
-def test_the_table_says_when_fpstream_learned_from_a_share_of_the_fleet() -> None:
-    from rich.console import Console
-
-    from fpstream.backtest.coldstart import coldstart_table
-
-    series = [vm(f"vm-{i}", T0, 4.0, 0.1) for i in range(3)]
-    doc = series_coldstart(series, {s.key: proactive(s, 0.8) for s in series})
-
-    def text(section: dict[str, Any]) -> str:
-        console = Console(width=200, record=True, file=io.StringIO())
-        console.print(coldstart_table(section))
-        return console.export_text()
-
-    assert "flow processes" not in text({**doc, "flow_processes": 1})
-    assert "2 flow processes, each learning from 1/2 of the fleet" in text(
-        {**doc, "flow_processes": 2})

@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from fpstream.digest import Outcome
-from fpstream.fleet.experiment import Experiment, ExperimentSnapshot
 from fpstream.fleet.arms import ArmAssigner
+from fpstream.fleet.experiment import Experiment, ExperimentSnapshot
 from fpstream.io.metrics import FlowMetrics
 from fpstream.policy import Policy
 from fpstream.settings import DEFAULT_ARMS
