@@ -37,8 +37,8 @@ from fpstream.backtest.traces import Series
 from fpstream.scoring import Score
 
 __all__ = ["FAMILIES", "Combination", "Sweep", "add_points", "allocation_churn",
-           "baseline_frontier", "check_budgets", "count_changes", "frontier_point", "parse_budgets",
-           "rest_mask", "tuned"]
+           "baseline_frontier", "check_budgets", "count_changes", "frontier_point",
+           "frontier_table", "parse_budgets", "rest_mask", "tuned"]
 
 RESOURCES: tuple[str, ...] = ("cpu", "mem")
 FAMILIES: tuple[str, ...] = ("vpa", "crane", "peak")
@@ -307,3 +307,39 @@ def parse_budgets(specs: Sequence[str]) -> dict[str, tuple[float, ...]]:
             levels.append(b)
         out[res] = tuple(sorted(levels))
     return out
+
+
+def frontier_table(frontier: dict[str, Any]) -> Any:
+    """The ``frontier`` section as a rich table: one row per resource and budget, per method
+    its waste, violation rate and churn (``*``: no setting of the family is within the
+    budget, its lowest violation rate is shown)."""
+    from rich.table import Table
+
+    methods = list(dict.fromkeys(m for doc in frontier.values() for m in doc))
+    table = Table(title="frontier: least waste within each violation budget (day 2 on)")
+    table.add_column("resource")
+    table.add_column("budget", justify="right")
+    for m in methods:
+        table.add_column(f"{m} waste / viol / changes", justify="right")
+    for res, doc in frontier.items():
+        budgets = sorted({p["budget"] for points in doc.values() for p in points})
+        for b in budgets:
+            cells = []
+            for m in methods:
+                p = next((p for p in doc.get(m, []) if p["budget"] == b), None)
+                cells.append("-" if p is None else
+                             f"{p['waste']:.3f} / {p['viol']:.4f} / {p['changes']:.3f}"
+                             + ("" if p.get("within_budget", True) else " *")
+                             + (f" ({_params(p['params'])})" if "params" in p else ""))
+            table.add_row(res, f"{b:g}", *cells)
+    return table
+
+
+def _params(params: dict[str, Any]) -> str:
+    """``p0.9 x1.15`` (percentile), ``q0.99 x1.15`` (quantile), ``24h x1.05`` (hours)."""
+    if "hours" in params:
+        head = f"{params['hours']}h"
+    else:
+        head = ("p" if "percentile" in params else "q") + ", ".join(
+            f"{v:g}" for k, v in params.items() if k != "margin")
+    return f"{head} x{params['margin']:g}"

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from fpstream.backtest import frontier
 from fpstream.backtest.frontier import (
@@ -20,6 +21,7 @@ from fpstream.backtest.frontier import (
     tuned,
 )
 from fpstream.backtest.traces import Series
+from fpstream.cli import app as cli
 
 DAY = 86_400.0
 HOUR = 3600.0
@@ -146,6 +148,33 @@ def test_budgets_parse_per_resource_in_order() -> None:
 def test_bad_budgets_are_refused(spec: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_budgets(spec)
+
+
+def test_the_command_names_the_option_it_refuses() -> None:
+    result = CliRunner().invoke(cli, ["backtest", "--budgets", "cpu=0.01", "--budgets",
+                                      "mem=0.5,2"])
+    assert result.exit_code == 2
+    assert "--budgets 'mem=0.5,2': 2 is not a violation rate in [0, 1)" in result.stderr
+
+
+def test_the_console_table_shows_each_budget_and_the_chosen_parameters() -> None:
+    from rich.console import Console
+
+    doc = tuned({"cpu": {"vpa": [Combination({"percentile": 0.9, "margin": 1.15})],
+                         "peak": [Combination({"hours": 24, "margin": 1.05})]}},
+                {"cpu": [0.005, 0.01]})
+    console = Console(width=200, record=True)
+    console.print(frontier.frontier_table(doc))
+    text = console.export_text()
+    assert "p0.9 x1.15" in text and "24h x1.05" in text
+    assert text.count("cpu") == 2
+
+
+def test_budgets_are_checked_before_any_work() -> None:
+    from fpstream.backtest.run import run_backtest
+
+    with pytest.raises(ValueError, match="rate in"):
+        run_backtest("/nonexistent", budgets={"cpu": [1.5]})
 
 
 # -- the section and the report ---------------------------------------------------------------
