@@ -67,6 +67,12 @@ def test_tuned_vpa_is_at_least_as_good_as_vpa_where_its_budget_allows(
                 assert p["within_budget"] and p["waste"] <= vpa["waste"] + 1e-4, (res, p)
 
 
+def test_the_report_draws_the_frontiers(result: tuple[dict[str, Any], Path]) -> None:
+    page = result[1].read_text(encoding="utf-8")
+    part = page[page.index("<h2>Frontiers</h2>"):page.index("<h2>Series</h2>")]
+    assert part.count("<svg") == 1 and "percentile" in part and "hours" in part
+
+
 def test_the_sweep_reproduces_vpa_and_crane_on_real_vms() -> None:
     need(TRACE)
     for s in read_trace("bitbrains", TRACE, N_SERIES):

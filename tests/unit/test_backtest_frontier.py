@@ -20,6 +20,8 @@ from fpstream.backtest.frontier import (
     parse_budgets,
     tuned,
 )
+from fpstream.backtest.report import render_report
+from fpstream.backtest.run import ReportData
 from fpstream.backtest.traces import Series
 from fpstream.cli import app as cli
 
@@ -199,6 +201,29 @@ def test_fpstream_points_go_first_in_budget_order() -> None:
     assert doc["cpu"]["fpstream"][1] == {"budget": 0.01, "waste": 0.3, "viol": 0.004,
                                          "changes": 0.3, "within_budget": True}
     assert "fpstream" not in doc["mem"]
+
+
+def result_with(doc: dict[str, Any]) -> dict[str, Any]:
+    figures = {"waste": 0.5, "viol": 0.01, "short": 0.01}
+    return {"cpu": {"vpa": figures}, "mem": {"vpa": figures}, "series": 1, "steps": 10,
+            "first_day": {"cpu": {"vpa": figures}, "mem": {"vpa": figures}},
+            "notes": {"first_day_steps": 3}, "frontier": doc}
+
+
+@pytest.mark.parametrize("with_fpstream", [False, True])
+def test_the_report_draws_the_frontiers_with_or_without_fpstream(with_fpstream: bool) -> None:
+    page = render_report(result_with(section(with_fpstream)), ReportData("bitbrains", ["x"]))
+    part = page[page.index("<h2>Frontiers</h2>"):page.index("<h2>Series</h2>")]
+    assert part.count("<svg") == 1
+    assert "<small>k 1</small>" in part and "<small>k 2</small>" in part  # those chosen
+    assert ("<th>fpstream</th>" in part) == with_fpstream
+    assert "0.005" in part and "0.001" in part  # budgets
+
+
+def test_a_report_without_frontier_has_no_such_section() -> None:
+    result = result_with({})
+    del result["frontier"]
+    assert "Frontiers" not in render_report(result, ReportData("bitbrains", ["x"]))
 
 
 def test_doctests() -> None:
