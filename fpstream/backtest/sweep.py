@@ -204,8 +204,10 @@ def window_peaks(ts: np.ndarray, values: np.ndarray, rows: np.ndarray,
                  hours: Sequence[int]) -> np.ndarray:
     """Per decision, the peak of the last ``k`` hours with rows (clock hours where the trace
     has no gap), for every ``k`` of ``hours``: one column each."""
-    hourly = np.maximum.reduceat(np.asarray(values, dtype=np.float64), np.r_[0, rows])
     out = np.empty((len(rows), len(hours)))
+    if not len(rows):
+        return out
+    hourly = np.maximum.reduceat(np.asarray(values, dtype=np.float64), np.r_[0, rows])
     for j, k in enumerate(hours):
         padded = np.r_[np.full(k - 1, -np.inf), hourly[:len(rows)]]
         out[:, j] = sliding_window_view(padded, k).max(axis=1)

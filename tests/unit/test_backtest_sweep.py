@@ -149,6 +149,16 @@ def test_peak_family_at_one_hour_and_no_margin_is_scored_by_hand() -> None:
     assert combo.score.allocated == pytest.approx(float(a.sum()))
 
 
+def test_a_series_within_one_hour_has_no_decision() -> None:
+    ts = np.arange(1, 12) * STEP
+    u = np.ones(len(ts))
+    rows, at = sweep.decision_points(ts)
+    assert len(rows) == len(at) == 0
+    for got in (sweep.vpa_cpu(ts, u, rows, [0.9]), sweep.vpa_memory(ts, u, rows, [0.9]),
+                sweep.crane(ts, u, rows, [0.9], DAY), sweep.window_peaks(ts, u, rows, (1, 3))):
+        assert got.shape[0] == 0
+
+
 @pytest.mark.parametrize("leave", [False, True])
 def test_histogram_states_follow_the_object_across_reference_shifts(leave: bool) -> None:
     rng = np.random.default_rng(5)
