@@ -248,7 +248,12 @@ def add_points(frontier: dict[str, dict[str, list[dict[str, Any]]]], method: str
                resource: str, points: Sequence[Mapping[str, Any]]) -> None:
     """Add a method's points (``frontier_point``s, one per budget) to ``frontier`` under
     ``resource``: how fpstream's own runs, one per budget, join the baselines. ``fpstream``
-    goes first."""
+    goes first.
+
+    Per budget: run the flow at it, take the ``rest`` ``Score`` of its allocations
+    (``run.score_series``) and their churn (``allocation_churn(series, flow.allocations,
+    resource)``), and make ``frontier_point(budget, score, changed, periods)``; then add the
+    points to ``result["frontier"]`` before the report is written."""
     doc = frontier.setdefault(resource, {})
     doc[method] = sorted((dict(p) for p in points), key=lambda p: p["budget"])
     if method == "fpstream":
