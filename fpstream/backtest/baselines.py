@@ -82,11 +82,14 @@ class DecayingHistogram:
         return 2.0**exponent
 
     def add(self, value: float, t: float, weight: float = 1.0) -> None:
-        self.weights[self.bucket(value)] += weight * self.decay_factor(t)
+        # The factor first: it may rescale every weight, the one added to included.
+        w = weight * self.decay_factor(t)
+        self.weights[self.bucket(value)] += w
 
     def subtract(self, value: float, t: float, weight: float = 1.0) -> None:
+        w = weight * self.decay_factor(t)
         n = self.bucket(value)
-        self.weights[n] = max(0.0, self.weights[n] - weight * self.decay_factor(t))
+        self.weights[n] = max(0.0, self.weights[n] - w)
 
     def percentile(self, q: float) -> float:
         total = self.weights.sum()

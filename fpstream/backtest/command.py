@@ -41,6 +41,11 @@ def backtest(
         "--experiment",
         help="Run an A/B experiment over the default arms: split or bandit; the result's "
              "experiment section scores each arm's allocations apart.")] = None,
+    budgets: Annotated[list[str] | None, typer.Option(
+        "--budgets",
+        help="Violation budgets of one resource, e.g. cpu=0.005,0.01,0.02,0.05 (repeat for "
+             "mem): the result's frontier section tunes the vpa, crane and peak families "
+             "in-sample for each.")] = None,
     train: Annotated[list[Path] | None, typer.Option(
         "--train", help="Cold start (planetlab): archives replayed before the scored ones.")
     ] = None,
@@ -57,6 +62,7 @@ def backtest(
     the manual allocation and the oracle (DESIGN.md, Evaluation protocol)."""
     from rich.console import Console
 
+    from fpstream.backtest.frontier import parse_budgets
     from fpstream.backtest.run import run_backtest
     from fpstream.backtest.traces import FORMATS
 
@@ -69,6 +75,11 @@ def backtest(
         typer.echo(f"fpstream backtest: unsupported --experiment {experiment!r}, expected "
                    "split or bandit", err=True)
         raise typer.Exit(2)
+    try:
+        levels = parse_budgets(budgets) if budgets else None
+    except ValueError as ex:
+        typer.echo(f"fpstream backtest: --budgets {ex}", err=True)
+        raise typer.Exit(2) from ex
     if not paths:
         if format not in DEFAULT_PATHS:
             typer.echo(f"fpstream backtest: --format {format} needs at least one path", err=True)
@@ -86,8 +97,8 @@ def backtest(
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    labels = {"flow": "flow: samples",
-              "score": "scoring series"}
+    labels = {"flow": "flow: samples", "score": "scoring series",
+              "frontier": "sweeping baseline frontiers"}
     bar = Progress("[progress.description]{task.description}", BarColumn(),
                    MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
     tasks: dict[str, Any] = {}
@@ -101,7 +112,7 @@ def backtest(
         try:
             result = run_backtest(paths, limit_series, fmt=format, progress=progress,
                                   report=report, score_on=score_on, workers=workers,
-                                  experiment=experiment)
+                                  experiment=experiment, budgets=levels)
         except (FileNotFoundError, ValueError) as ex:
             typer.echo(f"fpstream backtest: {ex}", err=True)
             raise typer.Exit(2) from ex
@@ -112,6 +123,10 @@ def backtest(
         from fpstream.backtest.coldstart import coldstart_table
 
         console.print(coldstart_table(result["cold_start"]))
+    if "frontier" in result:
+        from fpstream.backtest.frontier import frontier_table
+
+        console.print(frontier_table(result["frontier"]))
     if report is not None:
         console.print(f"report written to {report}")
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2)
@@ -137,3 +152,4 @@ def summary_table(result: dict[str, Any]) -> Any:
         table.add_row(method, *(f"{result[res][method][k]:.4f}" if method in result[res] else "-"
                                 for res in resources for k in ("waste", "viol", "short")))
     return table
+

@@ -1,8 +1,9 @@
 """The backtest's HTML report: one self-contained page (inline SVG, no external resource), so
 it can be attached to a ticket or opened from CI artefacts offline.
 
-It shows the result table, waste and violations per method and resource, a few series' usage
-against each method's allocation, and the fleet's clusters as the flow last published them.
+It shows the result table, waste and violations per method and resource, the waste/violation
+frontiers when the backtest has them (``--budgets``), a few series' usage against each method's
+allocation, and the fleet's clusters as the flow last published them.
 Figures are drawn with matplotlib's object API (``Figure``, no ``pyplot``): no global state and
 no display backend.
 """
@@ -28,7 +29,8 @@ __all__ = ["render_report", "write_report"]
 
 PLOTTED_METHODS: tuple[str, ...] = ("fpstream", "vpa", "oracle", "manual")
 COLORS: dict[str, str] = {"fpstream": "#d62728", "vpa": "#1f77b4", "crane": "#9467bd",
-                          "manual": "#7f7f7f", "oracle": "#2ca02c", "usage": "#000000"}
+                          "peak": "#ff7f0e", "manual": "#7f7f7f", "oracle": "#2ca02c",
+                          "usage": "#000000"}
 UNITS: dict[str, tuple[str, float]] = {"cpu": ("cores", 1.0), "mem": ("GiB", 2.0**30)}
 FIGURES: tuple[str, ...] = ("waste", "viol", "short")
 
@@ -68,8 +70,10 @@ def render_report(result: dict[str, Any], data: ReportData) -> str:
         "<h3>First day (cold start)</h3>", _table(result["first_day"], resources),
         _figure(_bars(result, resources), "Waste and violations per method and resource "
                 "(day 2 on)."),
-        "<h2>Series</h2>",
     ]
+    if result.get("frontier"):
+        parts += ["<h2>Frontiers</h2>", _frontier_section(result["frontier"])]
+    parts.append("<h2>Series</h2>")
     if data.plotted:
         for name, kept in data.plotted.items():
             parts.append(_figure(_series(name, kept, resources),
@@ -148,6 +152,85 @@ def _bars(result: dict[str, Any], resources: Sequence[str]) -> Figure:
             for i, v in enumerate(values):
                 ax.annotate(f"{v:.3f}", (i, v), ha="center", va="bottom", fontsize=8)
     return fig
+
+
+def _frontier_section(frontier: dict[str, Any]) -> str:
+    """The frontiers: per resource, waste against the realised violation rate (log x) of
+    each method's points, each marked with the budget it was tuned for (or run at), the
+    budgets as vertical guides; then the points as a table."""
+    resources = [r for r in UNITS if frontier.get(r)]
+    if not resources:
+        return "<p>No frontier: no resource with budgets.</p>"
+    fig, floors = _frontiers(frontier, resources)
+    caption = ("Waste against the realised violation rate, day 2 on. Baselines are tuned "
+               "in-sample per budget (the label of a point is its budget; dotted lines mark "
+               "the budgets); a hollow point is a family with no setting within its budget "
+               "(its lowest violation rate). A violation rate of 0 is drawn at the left "
+               f"edge ({', '.join(f'{f:.2g}' for f in floors)}).")
+    return _figure(fig, caption) + _frontier_table(frontier, resources)
+
+
+def _frontiers(frontier: dict[str, Any], resources: Sequence[str]) -> tuple[Figure, list[float]]:
+    """The frontier figure, and per resource where a violation rate of 0 is drawn."""
+    fig = _new_figure(5.5 * len(resources), 4.2)
+    axes = fig.subplots(1, len(resources), squeeze=False)[0]
+    floors = []
+    for ax, res in zip(axes, resources, strict=True):
+        doc = frontier[res]
+        budgets = sorted({p["budget"] for points in doc.values() for p in points})
+        positive = [v for v in budgets + [p["viol"] for ps in doc.values() for p in ps] if v > 0]
+        floor = min(positive, default=1e-4) / 3
+        floors.append(floor)
+        for b in budgets:
+            ax.axvline(max(b, floor), color="#999999", lw=0.8, ls=":")
+        for method, points in doc.items():
+            color = COLORS.get(method, "#333333")
+            x = [max(p["viol"], floor) for p in points]
+            y = [p["waste"] for p in points]
+            ax.plot(x, y, color=color, lw=1.2, label=method)
+            ok = [p.get("within_budget", True) for p in points]
+            ax.scatter([v for v, k in zip(x, ok, strict=True) if k],
+                       [v for v, k in zip(y, ok, strict=True) if k], color=color, s=22, zorder=3)
+            ax.scatter([v for v, k in zip(x, ok, strict=True) if not k],
+                       [v for v, k in zip(y, ok, strict=True) if not k], facecolors="none",
+                       edgecolors=color, s=22, zorder=3)
+            labels: dict[tuple[float, float], list[str]] = {}  # one label per place
+            for xi, yi, p in zip(x, y, points, strict=True):
+                labels.setdefault((xi, yi), []).append(f"{p['budget']:g}")
+            for xy, text in labels.items():
+                ax.annotate(", ".join(text), xy, textcoords="offset points", xytext=(3, 3),
+                            fontsize=7, color=color)
+        ax.set_xscale("log")
+        ax.tick_params(axis="x", which="minor", labelbottom=False)
+        ax.set_xlabel("violation rate (share of steps with u > A)")
+        ax.set_ylabel("waste")
+        ax.set_title(f"{res}: least waste within each budget", fontsize=10)
+        ax.legend(loc="upper right", fontsize=8)
+    return fig, floors
+
+
+def _frontier_table(frontier: dict[str, Any], resources: Sequence[str]) -> str:
+    methods = list(dict.fromkeys(m for r in resources for m in frontier[r]))
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
+    rows = []
+    for res in resources:
+        doc = frontier[res]
+        for b in sorted({p["budget"] for points in doc.values() for p in points}):
+            cells = []
+            for m in methods:
+                p = next((p for p in doc.get(m, []) if p["budget"] == b), None)
+                if p is None:
+                    cells.append("<td>-</td>")
+                    continue
+                params = ", ".join(f"{k} {v:g}" for k, v in p.get("params", {}).items())
+                mark = "" if p.get("within_budget", True) else " (over budget)"
+                cells.append(f"<td>{p['waste']:.3f} / {p['viol']:.4f} / {p['changes']:.3f}"
+                             f"{mark}<br><small>{html.escape(params)}</small></td>")
+            rows.append(f"<tr><td>{res}</td><td>{b:g}</td>{''.join(cells)}</tr>")
+    return ("<p>Per budget: waste / viol / changes (share of decision periods whose "
+            "reservation moved by more than 10 %), and the parameters chosen.</p>"
+            f"<table><thead><tr><th>resource</th><th>budget</th>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
 
 
 def _hours(ts: np.ndarray) -> np.ndarray:

@@ -43,6 +43,7 @@ import orjson
 
 from fpstream.backtest.baselines import VPA, Crane, manual, oracle
 from fpstream.backtest.cluster import Member, run_cluster
+from fpstream.backtest.frontier import baseline_frontier, check_budgets
 from fpstream.backtest.traces import FORMATS, PathLike, Series, parse_range, read_trace
 from fpstream.ingest import Origin
 from fpstream.scoring import Score, in_force
@@ -591,7 +592,8 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
                  settings: Settings | None = None, fmt: str = "bitbrains",
                  progress: Progress | None = None, report: PathLike | None = None,
                  report_series: int = 4, score_on: str | None = None,
-                 workers: int = 1, experiment: str | None = None) -> dict[str, Any]:
+                 workers: int = 1, experiment: str | None = None,
+                 budgets: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
     """Backtest ``limit_series`` series of the traces at ``path`` (one path or several, in
     format ``fmt``: one of ``FORMATS``); the ``--json`` document. With ``report``, also write
     the HTML report there, plotting ``report_series`` series.
@@ -603,7 +605,13 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
 
     With ``experiment`` (``split`` or ``bandit``), the flow runs that A/B experiment over the
     settings' arms (default: ``DEFAULT_ARMS``) and the result gets an ``experiment`` section
-    (``experiment_result``)."""
+    (``experiment_result``).
+
+    With ``budgets`` (violation budgets per resource), the result gets a ``frontier`` section:
+    the baseline families tuned in-sample on the scored series for each budget
+    (``fpstream.backtest.frontier``)."""
+    if budgets is not None:
+        check_budgets(budgets)
     if fmt not in FORMATS:
         raise ValueError(f"unsupported trace format {fmt!r}, expected one of {', '.join(FORMATS)}")
     if limit_series is not None and limit_series < 1:
@@ -665,6 +673,13 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
         if report is not None:
             data.apps[s.name] = _app_figures(s)
     t3 = time.perf_counter()
+    frontier = None
+    if budgets is not None:
+        # fpstream's points, one flow run per budget, join with frontier.add_points.
+        frontier = baseline_frontier(
+            series, budgets, None if progress is None else (
+                lambda done, total: progress("frontier", done, total)))
+    t4 = time.perf_counter()
     rest = scores["rest"]
     result: dict[str, Any] = {
         **{res: {m: rest[res][m].get() for m in methods[res]} for res in resources},
@@ -678,7 +693,8 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
             "cluster_snapshots": flow.snapshots,
             **{k: int(v) for k, v in sorted(notes.items()) if v},
             "seconds": {"read": round(t1 - t0, 2), "flow": round(t2 - t1, 2),
-                        "baselines_and_score": round(t3 - t2, 2)},
+                        "baselines_and_score": round(t3 - t2, 2),
+                        **({"frontier": round(t4 - t3, 2)} if frontier is not None else {})},
             "settings": settings_doc(settings),
             "trace": {"format": fmt, "paths": [str(p) for p in paths]},
         },
@@ -690,6 +706,8 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
                                 "flow_processes": flow.processes}
     if score_on is not None:
         result["notes"]["scored_on"] = score_on
+    if frontier is not None:
+        result["frontier"] = frontier
     if experiment is not None and arm_scores is not None:
         result["experiment"] = experiment_result(experiment, settings, flow, arm_scores)
     if report is not None:

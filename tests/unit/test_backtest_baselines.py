@@ -56,6 +56,16 @@ def test_histogram_survives_a_reference_shift() -> None:
     assert h.percentile(0.5) == pytest.approx(bucket_end(h, 3.0))
 
 
+def test_a_reference_shift_rescales_the_bucket_it_adds_to() -> None:
+    h = DecayingHistogram.cpu(HOUR)
+    for _ in range(10):
+        h.add(1.0, t=0.0)  # weight 10, 2**-200 of it after the shift
+    h.add(1.0, t=200 * HOUR)  # moves the reference: the 1-core bucket now weighs ~1
+    h.add(3.0, t=200 * HOUR, weight=2.0)
+    assert h.weights[h.bucket(1.0)] == pytest.approx(1.0)
+    assert h.percentile(0.5) == pytest.approx(bucket_end(h, 3.0))
+
+
 def test_histogram_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="ratio > 1"):
         DecayingHistogram(0.01, 10.0, DAY, ratio=1.0)
