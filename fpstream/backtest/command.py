@@ -98,7 +98,7 @@ def backtest(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     labels = {"flow": "flow: samples", "score": "scoring series",
-              "frontier": "sweeping baseline frontiers"}
+              "frontier": "sweeping baseline frontiers", "budgets": "flow at each budget"}
     bar = Progress("[progress.description]{task.description}", BarColumn(),
                    MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
     tasks: dict[str, Any] = {}

@@ -50,7 +50,8 @@ from fpstream.scoring import Score, in_force
 from fpstream.settings import Settings
 
 __all__ = ["METHODS", "FlowOutput", "FlowReducer", "ReportData", "TraceMessages",
-           "backtest_settings", "flow_allocations", "run_backtest", "score_series"]
+           "backtest_settings", "budget_runs", "flow_allocations", "flow_reserve",
+           "fpstream_frontier", "run_backtest", "score_series"]
 
 HOUR = 3600.0
 DAY = 86_400.0
@@ -490,18 +491,7 @@ def score_series(s: Series, fp: dict[str, np.ndarray] | None, scores: Scores,
             alloc["manual"] = manual(capacity)
         for name, d in decisions.items():
             alloc[name] = in_force(d["ts"], d[res], ts)
-        mine = np.full(len(ts), np.nan) if fp is None else in_force(fp["ts"], fp[res], ts)
-        ok = scored
-        missing = scored & np.isnan(mine)
-        if missing.any():
-            if capacity is not None:
-                # No allocation from the flow yet: the VM runs with what it was given.
-                notes[f"fpstream_fallback_manual_steps_{res}"] += int(missing.sum())
-                mine = np.where(np.isnan(mine), capacity, mine)
-            else:
-                # Nothing to fall back on: such steps are scored for no method.
-                notes[f"unscored_steps_without_allocation_{res}"] += int(missing.sum())
-                ok = scored & ~missing
+        mine, ok = flow_reserve(s, fp, res, scored, notes)
         alloc["fpstream"] = mine
         for phase, mask in (("first_day", ok & first_day), ("rest", ok & ~first_day)):
             for name in by_method:
@@ -514,6 +504,79 @@ def score_series(s: Series, fp: dict[str, np.ndarray] | None, scores: Scores,
         if keep:
             kept[res] = {"usage": usage, **{m: np.where(ok, a, np.nan) for m, a in alloc.items()}}
     return kept if keep else None
+
+
+def flow_reserve(s: Series, fp: dict[str, np.ndarray] | None, res: str, scored: np.ndarray,
+                 notes: Counter[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The flow's reservation of ``res`` in force at each step of ``s`` and the steps of
+    ``scored`` it is scored at. Before the flow's first allocation the VM runs with what it
+    was given (its capacity, counted in ``notes``); without a capacity such steps are not
+    scored, for any method."""
+    ts = s.ts.astype(np.float64)
+    capacity = s.capacity(res)
+    mine = np.full(len(ts), np.nan) if fp is None else in_force(fp["ts"], fp[res], ts)
+    missing = scored & np.isnan(mine)
+    if not missing.any():
+        return mine, scored
+    if capacity is not None:
+        notes[f"fpstream_fallback_manual_steps_{res}"] += int(missing.sum())
+        return np.where(np.isnan(mine), capacity, mine), scored
+    notes[f"unscored_steps_without_allocation_{res}"] += int(missing.sum())
+    return mine, scored & ~missing
+
+
+def budget_runs(budgets: Mapping[str, Sequence[float]],
+                settings: Settings) -> list[dict[str, float]]:
+    """The flow runs a frontier needs, as the budget of each resource per run: run ``i``
+    runs every resource's ``i``-th budget (ascending) at once, and the settings' own budget
+    for a resource with fewer.
+
+    >>> budget_runs({"cpu": (0.01, 0.02), "mem": (0.001,)}, Settings())
+    [{'cpu': 0.01, 'mem': 0.001}, {'cpu': 0.02, 'mem': 0.001}]
+    """
+    own = {"cpu": settings.violation_budget_cpu, "mem": settings.violation_budget_mem}
+    ordered = {res: sorted(levels) for res, levels in budgets.items()}
+    runs = max((len(levels) for levels in ordered.values()), default=0)
+    return [{res: ordered[res][i] if i < len(ordered.get(res, ())) else own[res]
+             for res in own} for i in range(runs)]
+
+
+def fpstream_frontier(series: Sequence[Series], settings: Settings,
+                      budgets: Mapping[str, Sequence[float]], frontier: dict[str, Any],
+                      ran: FlowOutput, workers: int = 1,
+                      on_progress: Callable[[int, int], None] | None = None) -> None:
+    """Add fpstream's points to ``frontier``: the flow run at each of ``budgets``
+    (``budget_runs``; ``ran``, the flow already run at the settings' own budgets, stands for
+    the run at those), its allocations scored over every series' ``rest`` steps as
+    ``score_series`` scores them, with their churn (``frontier.allocation_churn``)."""
+    from fpstream.backtest.frontier import add_points, allocation_churn, frontier_point
+
+    points: dict[str, list[dict[str, Any]]] = {res: [] for res in budgets}
+    runs = budget_runs(budgets, settings)
+    for i, run in enumerate(runs):
+        own = replace(settings, violation_budget_cpu=run["cpu"], violation_budget_mem=run["mem"])
+        flow = ran if own == settings else flow_allocations(
+            series, own, None if on_progress is None else (
+                lambda done, total, i=i: on_progress(i * total + done, len(runs) * total)),
+            deploys=any(deploy_request(s) is not None for s in series), workers=workers)
+        for res in budgets:
+            if len(points[res]) >= len(budgets[res]) or all(s.usage(res) is None for s in series):
+                continue
+            score, unused = Score(), Counter[str]()
+            for s in series:
+                usage = s.usage(res)
+                if usage is None:
+                    continue
+                ts = s.ts.astype(np.float64)
+                mine, ok = flow_reserve(s, flow.allocations.get(s.key), res,
+                                        ts > math.ceil(ts[0] / HOUR) * HOUR, unused)
+                mask = ok & ~(ts < ts[0] + DAY)
+                score.add(mine[mask], usage[mask])
+            changed, periods = allocation_churn(series, flow.allocations, res)
+            points[res].append(frontier_point(run[res], score, changed, periods))
+    for res, got in points.items():
+        if got:
+            add_points(frontier, "fpstream", res, got)
 
 
 @dataclass
@@ -608,8 +671,8 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
     (``experiment_result``).
 
     With ``budgets`` (violation budgets per resource), the result gets a ``frontier`` section:
-    the baseline families tuned in-sample on the scored series for each budget
-    (``fpstream.backtest.frontier``)."""
+    the flow run at each budget (``fpstream_frontier``) and the baseline families tuned
+    in-sample on the scored series for each (``fpstream.backtest.frontier``)."""
     if budgets is not None:
         check_budgets(budgets)
     if fmt not in FORMATS:
@@ -675,10 +738,12 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
     t3 = time.perf_counter()
     frontier = None
     if budgets is not None:
-        # fpstream's points, one flow run per budget, join with frontier.add_points.
         frontier = baseline_frontier(
             series, budgets, None if progress is None else (
                 lambda done, total: progress("frontier", done, total)))
+        fpstream_frontier(series, settings, budgets, frontier, flow, workers,
+                          None if progress is None else (
+                              lambda done, total: progress("budgets", done, total)))
     t4 = time.perf_counter()
     rest = scores["rest"]
     result: dict[str, Any] = {

@@ -43,18 +43,37 @@ def test_the_section_has_every_family_at_every_budget(result: tuple[dict[str, An
     doc = result[0]["frontier"]
     assert set(doc) == {"cpu", "mem"}
     for res, by_family in doc.items():
-        assert list(by_family) == list(FAMILIES)  # no fpstream points until the flow adds them
+        assert list(by_family) == ["fpstream", *FAMILIES]
         for family, points in by_family.items():
             assert [p["budget"] for p in points] == list(BUDGETS[res])
             for p in points:
+                if family == "fpstream":  # run at the budget, not tuned: no parameters
+                    assert set(p) == {"budget", "waste", "viol", "changes", "within_budget"}
+                    continue
                 assert set(p) == {"budget", "waste", "viol", "changes", "params",
                                   "within_budget"}
                 assert set(p["params"]) == PARAMS[family]
                 assert 0 <= p["waste"] <= 1 and 0 <= p["viol"] <= 1 and 0 <= p["changes"] <= 1
                 assert p["within_budget"] == (p["viol"] <= p["budget"])
+            if family == "fpstream":
+                continue
             kept = [p["waste"] for p in points if p["within_budget"]]
             assert kept == sorted(kept, reverse=True), (res, family)  # more budget, less waste
     assert result[0]["notes"]["seconds"]["frontier"] >= 0
+
+
+def test_fpstream_runs_at_each_budget(result: tuple[dict[str, Any], Path]) -> None:
+    doc = result[0]
+    ran = doc["notes"]["settings"]
+    for res in ("cpu", "mem"):
+        points = {p["budget"]: p for p in doc["frontier"][res]["fpstream"]}
+        # the run at the shipped budgets is the backtest's own fpstream figures
+        own = points[ran[f"violation_budget_{res}"]]
+        assert (own["waste"], own["viol"]) == pytest.approx(
+            (doc[res]["fpstream"]["waste"], doc[res]["fpstream"]["viol"]), abs=1e-4)
+        # a larger budget buys less waste at more violations
+        low, high = points[min(points)], points[max(points)]
+        assert high["waste"] < low["waste"] and high["viol"] > low["viol"], (res, low, high)
 
 
 def test_tuned_vpa_is_at_least_as_good_as_vpa_where_its_budget_allows(
