@@ -553,12 +553,16 @@ def fpstream_frontier(series: Sequence[Series], settings: Settings,
 
     points: dict[str, list[dict[str, Any]]] = {res: [] for res in budgets}
     runs = budget_runs(budgets, settings)
+    deploys = any(deploy_request(s) is not None for s in series)
     for i, run in enumerate(runs):
         own = replace(settings, violation_budget_cpu=run["cpu"], violation_budget_mem=run["mem"])
-        flow = ran if own == settings else flow_allocations(
-            series, own, None if on_progress is None else (
-                lambda done, total, i=i: on_progress(i * total + done, len(runs) * total)),
-            deploys=any(deploy_request(s) is not None for s in series), workers=workers)
+
+        def report(done: int, total: int, i: int = i) -> None:
+            if on_progress is not None:
+                on_progress(i * total + done, len(runs) * total)
+
+        flow = ran if own == settings else flow_allocations(series, own, report, deploys,
+                                                            workers=workers)
         for res in budgets:
             if len(points[res]) >= len(budgets[res]) or all(s.usage(res) is None for s in series):
                 continue
