@@ -8,7 +8,9 @@ Run it with Bytewax (settings come from ``FPSTREAM_*`` and ``FPSTREAM_CONFIG``):
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any, TypeGuard
 
@@ -27,7 +29,7 @@ from fpstream.io.fleet_step import FleetLogic, is_redis_only
 from fpstream.io.instance_step import InstanceLogic
 from fpstream.io.kafka import input_partitions, make_sink, make_source, to_message, to_raw
 from fpstream.io.metrics import FlowMetrics
-from fpstream.io.redis_sink import RedisSink
+from fpstream.io.redis_sink import RedisSink, redis_key
 from fpstream.io.steps import Steps
 from fpstream.settings import Settings, load_settings
 
@@ -99,8 +101,9 @@ def build_flow(
     to_kafka = op.merge("to_kafka", events, letters)
     op.output("kafka", op.map("encode", to_kafka, lambda e: to_message(e, settings)),
               kafka_sink if kafka_sink is not None else make_sink(settings))
-    to_redis = op.filter("redis_items", outputs, _for_redis)
-    op.output("redis", to_redis, redis_sink if redis_sink is not None else RedisSink(settings))
+    to_redis = op.key_on("redis_keys", op.filter("redis_items", outputs, _for_redis), redis_key)
+    op.output("redis", to_redis,
+              redis_sink if redis_sink is not None else RedisSink(settings, metrics))
     return flow
 
 
@@ -147,6 +150,10 @@ def _for_redis(item: Output) -> bool:
 def flow() -> Dataflow:
     """The factory ``python -m bytewax.run flows.fleet:flow`` calls in every process: settings
     from ``FPSTREAM_CONFIG`` and ``FPSTREAM_*``, metrics exposed on the configured port."""
+    # Outages, input resets and failed deliveries are logged with their time and origin
+    # (a no-op when the embedding process configured logging itself).
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(os.environ.get("FPSTREAM_CONFIG"))
     metrics = FlowMetrics()
     metrics.serve(settings.metrics_port, settings.metrics_host)

@@ -256,8 +256,8 @@ def flow_allocations(series: Sequence[Series], settings: Settings,
             else:
                 out.other["anomalies"] += 1
 
-    def on_redis(items: list[Any]) -> None:
-        for item in items:
+    def on_redis(items: list[tuple[str, Any]]) -> None:
+        for _, item in items:  # (routing key, item)
             if is_cluster_def(item):
                 out.clusters = item
                 out.snapshots += 1

@@ -1,0 +1,152 @@
+"""Redis goes away while the flow runs: the worker stays up, keeps what it could not write
+(in its snapshots too), and every allocation reaches Redis, once, after Redis is back."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from fpstream.events import Allocation
+from fpstream.io.embedded import EmbeddedServices, free_port
+from fpstream.ops.runner import FlowProcess, flow_command, init_recovery
+from fpstream.settings import Settings
+from tests.integration.helpers import produce, read_topic, redis_allocations, sim
+
+from .conftest import flow_settings, metric, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SIM = {"apps": 12, "minutes": 4 * 60, "seed": 5, "bad_share": 0.0}
+#: Failed writes before Redis comes back: with the sink's backoff (50 ms doubling, 5 s at
+#: most), an outage of about 20 s.
+RETRIES = 10
+
+
+def start_worker(settings: Settings, recovery: Path, log: Path) -> FlowProcess:
+    return FlowProcess(settings, flow_command(recovery_dir=recovery, snapshot_s=1),
+                       log_path=log).start()
+
+
+def all_written(settings: Settings, client: redis.Redis, samples: int) -> bool:
+    """Every sample read, nothing waiting for Redis, and Redis holds what Kafka holds."""
+    if (metric(settings, "fpstream_ingest_samples_total") < samples
+            or metric(settings, "fpstream_redis_backlog_items") > 0):
+        return False
+    in_kafka = {a.id for a in read_topic(settings, settings.topic_allocations)}
+    return in_kafka == {a["id"] for a in redis_allocations(client, settings)}
+
+
+def progress(settings: Settings, client: redis.Redis) -> str:
+    in_kafka = {a.id for a in read_topic(settings, settings.topic_allocations)}
+    in_redis = {a["id"] for a in redis_allocations(client, settings)}
+    return (f"{len(in_kafka & in_redis)} of {len(in_kafka)} allocations in Redis, "
+            f"{metric(settings, 'fpstream_redis_backlog_items'):.0f} waiting")
+
+
+def check_redis(settings: Settings, client: redis.Redis) -> int:
+    """Each allocation once in the stream, the newest per instance desired; their number."""
+    ids = [a["id"] for a in redis_allocations(client, settings)]
+    assert len(ids) == len(set(ids)), "an allocation was written twice to the stream"
+    newest: dict[tuple[str, str], Allocation] = {}
+    for a in read_topic(settings, settings.topic_allocations):
+        old = newest.get((a.app, a.instance))
+        if old is None or int(a.id.rsplit("/", 1)[1]) > int(old.id.rsplit("/", 1)[1]):
+            newest[(a.app, a.instance)] = a
+    for (app, instance), a in newest.items():
+        desired = client.hget(settings.key("desired", app), instance)
+        assert desired is not None and orjson.loads(desired)["id"] == a.id
+    return len(ids)
+
+
+@pytest.fixture
+def outage(own_services: EmbeddedServices, tmp_path: Path):
+    """Settings, the simulated stream split in two, a recovery directory and a Redis client."""
+    settings = flow_settings(own_services, redis_prefix="outage")
+    messages = sim(**SIM)
+    half = len(messages) // 2
+    recovery = tmp_path / "recovery"
+    init_recovery(recovery, 2)
+    client = redis.Redis.from_url(settings.redis_url)
+    yield settings, messages[:half], messages[half:], recovery, client
+    client.close()
+
+
+def test_allocations_made_while_redis_is_down_reach_it_once_it_is_back(
+        own_services: EmbeddedServices, outage, tmp_path: Path) -> None:
+    settings, first, later, recovery, client = outage
+    produce(settings, first)
+    log = tmp_path / "flow.log"
+    worker = start_worker(settings, recovery, log)
+    try:
+        wait_until(lambda: client.xlen(settings.key("allocations")) > 0, worker, log,
+                   "allocation in Redis")
+        emitted = metric(settings, "fpstream_allocations_emitted_total")
+        own_services.redis.stop()
+        produce(settings, later)
+        samples = sum(m.count for m in first + later)
+        # The whole stream read and decided while Redis is away, writes failing and retried.
+        wait_until(lambda: metric(settings, "fpstream_ingest_samples_total") >= samples
+                   and metric(settings, "fpstream_redis_retries_total") >= RETRIES,
+                   worker, log, "the stream read and Redis writes retried during the outage")
+        assert metric(settings, "fpstream_allocations_emitted_total") > emitted
+        assert metric(settings, "fpstream_redis_backlog_items") > 0
+        own_services.redis.restart()
+        wait_until(lambda: all_written(settings, client, samples), worker, log,
+                   "every allocation in Redis after the outage", 120,
+                   status=lambda: progress(settings, client))
+    finally:
+        worker.stop()
+    assert check_redis(settings, client) > 0
+
+
+def test_a_worker_killed_during_the_outage_resumes_with_what_redis_has_not_got(
+        own_services: EmbeddedServices, outage, tmp_path: Path) -> None:
+    settings, first, later, recovery, client = outage
+    produce(settings, first)
+    log = tmp_path / "flow.log"
+    worker = start_worker(settings, recovery, log)
+    try:
+        wait_until(lambda: client.xlen(settings.key("allocations")) > 0, worker, log,
+                   "allocation in Redis")
+        own_services.redis.stop()
+        produce(settings, later)
+        samples = sum(m.count for m in first + later)
+        # Snapshots (one a second) have been taken of what waits for Redis; then the worker
+        # dies. Its successor starts while Redis is still away.
+        wait_until(lambda: metric(settings, "fpstream_ingest_samples_total") >= samples
+                   and metric(settings, "fpstream_redis_retries_total") >= RETRIES,
+                   worker, log, "the stream read and Redis writes retried during the outage")
+    finally:
+        worker.kill()
+    log = tmp_path / "resumed.log"
+    worker = start_worker(settings, recovery, log)
+    try:
+        wait_until(lambda: metric(settings, "fpstream_redis_backlog_items") > 0, worker, log,
+                   "the resumed worker holding outputs for Redis")
+        own_services.redis.restart()
+        # The resumed worker reads from its snapshot's offsets, not from the start.
+        wait_until(lambda: all_written(settings, client, 1), worker, log,
+                   "every allocation in Redis after the outage", 120,
+                   status=lambda: progress(settings, client))
+    finally:
+        worker.stop()
+    assert check_redis(settings, client) > 0
+
+
+def test_run_still_stops_at_start_on_a_redis_it_cannot_reach(
+        own_services: EmbeddedServices, tmp_path: Path) -> None:
+    settings = flow_settings(own_services)
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    # A subprocess: a check that passed would exec the flow in its place.
+    result = subprocess.run(
+        [sys.executable, "-c", "from fpstream.cli import main; main()", "run",
+         "--brokers", settings.brokers, "--redis-url", url, "--metrics-port", "0"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "cannot reach Redis at redis://:***@127.0.0.1" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
