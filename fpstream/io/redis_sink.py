@@ -43,6 +43,8 @@ REDIS_PARTITIONS = 4
 FLEET_KEY = "fleet"
 #: Outputs written in one pipeline when a backlog drains.
 _CHUNK = 500
+#: How long closing waits for Redis to take what is queued.
+CLOSE_WAIT_S = 5.0
 
 # KEYS: stream, desired hash. ARGV: instance, seq, json, maxlen, id, app.
 _PUBLISH_ALLOCATION = """
@@ -222,18 +224,30 @@ class _Partition(StatefulSinkPartition[Any, tuple[Any, ...]]):
             return tuple(self._pending)
 
     def close(self) -> None:
-        """Write everything still queued (waiting for Redis if it must), then disconnect."""
+        """Write everything still queued, then disconnect; fail if Redis stays away.
+
+        Bytewax closes a partition at the end of a bounded run and also when a worker is
+        stopped, so the wait is bounded: a worker asked to stop during an outage stops (what
+        it held is in its last snapshot), and a bounded run does not end as if all was written.
+        """
         with self._cond:
             self._closing = True
             self._cond.notify_all()
             if self._pending:
                 log.info("Redis output %s: writing %d outputs before closing", self.name,
                          len(self._pending))
-            self._cond.wait_for(lambda: not self._pending or self._failure is not None)
+            self._cond.wait_for(lambda: not self._pending or self._failure is not None,
+                                timeout=CLOSE_WAIT_S)
+            self._check()
+            left = len(self._pending)
+        if left:
+            msg = (f"Redis output {self.name}: {left} outputs not written to "
+                   f"{mask_url(self.publisher.settings.redis_url)} within {CLOSE_WAIT_S:.0f} s "
+                   f"of closing (with -r, the last snapshot holds them)")
+            log.error(msg)
+            raise ConnectionError(msg)
         self._writer.join()
         self.publisher.client.close()
-        with self._cond:
-            self._check()
 
     def _hold_back(self) -> None:
         started = time.monotonic()

@@ -17,7 +17,7 @@ from fpstream.ops.runner import FlowProcess, flow_command, init_recovery
 from fpstream.settings import Settings
 from tests.integration.helpers import produce, read_topic, redis_allocations, sim
 
-from .conftest import flow_settings, metric, wait_until
+from .conftest import flow_settings, log_tail, metric, wait_for_exit, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -136,6 +136,21 @@ def test_a_worker_killed_during_the_outage_resumes_with_what_redis_has_not_got(
     finally:
         worker.stop()
     assert check_redis(settings, client) > 0
+
+
+def test_a_bounded_run_ending_while_redis_is_away_fails_instead_of_dropping(
+        own_services: EmbeddedServices, tmp_path: Path) -> None:
+    settings = flow_settings(own_services)
+    produce(settings, sim(**{**SIM, "minutes": 90}))
+    own_services.redis.stop()
+    log = tmp_path / "flow.log"
+    worker = FlowProcess(settings, flow_command(), tail=False, log_path=log).start()
+    try:
+        code = wait_for_exit(worker, 120)
+    finally:
+        worker.stop()
+    assert code not in (None, 0), log_tail(log)
+    assert "outputs not written to redis://127.0.0.1" in log_tail(log, 20_000)
 
 
 def test_run_still_stops_at_start_on_a_redis_it_cannot_reach(
