@@ -67,7 +67,8 @@ def build_flow(
     timed = metrics.timed
     flow = Dataflow("fpstream")
 
-    messages = op.input("read", flow, source if source is not None else make_source(settings, tail))
+    messages = op.input("read", flow, source if source is not None else make_source(
+        settings, tail, metrics=metrics))
     raw = op.map("raw", messages, to_raw)
     decoded = op.flat_map("decode", raw, timed("decode", steps.decode))
     refused = op.branch("refused", decoded, _is_letter)

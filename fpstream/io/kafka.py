@@ -5,19 +5,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bytewax.connectors.kafka import (
-    KafkaError,
-    KafkaSink,
-    KafkaSinkMessage,
-    KafkaSource,
-    KafkaSourceMessage,
-)
+from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSourceMessage
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from fpstream.events import Allocation, Anomaly, DeadLetter, Event, encode
 from fpstream.ingest import Origin, RawMessage
+from fpstream.io.kafka_source import KafkaInput
+from fpstream.io.metrics import FlowMetrics
 from fpstream.settings import Settings
 
 #: librdkafka's default group session timeout makes some brokers slow to settle a group; 6 s
@@ -25,16 +21,13 @@ from fpstream.settings import Settings
 CONSUMER_DEFAULTS: dict[str, Any] = {"session.timeout.ms": 6000}
 
 
-def make_source(settings: Settings, tail: bool = True, batch_size: int = 500) -> KafkaSource:
-    """Both input topics; partitions are assigned by Bytewax and offsets kept in recovery."""
-    return KafkaSource(
-        brokers=settings.brokers.split(","),
-        topics=[settings.topic_metrics, settings.topic_deploys],
-        tail=tail,
-        add_config={str(k): str(v) for k, v in settings.kafka_options.items()},
-        batch_size=batch_size,
-        raise_on_errors=False,
-    )
+def make_source(settings: Settings, tail: bool = True, batch_size: int = 500,
+                metrics: FlowMetrics | None = None) -> KafkaInput:
+    """Every partition of both input topics, positions in the snapshots; a position a
+    partition no longer has is read again from the start (``fpstream.io.kafka_source``)."""
+    return KafkaInput(settings.kafka_config(), [settings.topic_metrics, settings.topic_deploys],
+                      metrics if metrics is not None else FlowMetrics(), tail=tail,
+                      batch_size=batch_size)
 
 
 def make_sink(settings: Settings) -> KafkaSink:

@@ -19,6 +19,8 @@ STATE_STEPS: tuple[str, ...] = ("instance", "fleet")
 
 _LATENCY_BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0)
 
+#: Why an input partition was read again from its start (``..._partition_resets_total``).
+RESET_REASONS = ("out_of_range", "beyond_end", "new_topic")
 #: Why a write to Redis failed (``fpstream_redis_write_errors_total{kind}``).
 REDIS_ERROR_KINDS = ("connection", "timeout", "loading", "auth", "readonly", "oom", "other")
 
@@ -36,6 +38,11 @@ class FlowMetrics:
             "fpstream_ingest_samples_total", "Metric samples accepted.", registry=r)
         self.deploys = Counter(
             "fpstream_ingest_deploys_total", "Deploy requests accepted.", registry=r)
+        self.partition_resets = Counter(
+            "fpstream_ingest_partition_resets_total",
+            "Input partitions read again from their start because their position was gone "
+            "(the topic was created again, or the broker lost it), by reason.",
+            ["reason"], registry=r)
         self.decode_errors = Counter(
             "fpstream_ingest_decode_errors_total", "Objects refused by the decoder, by reason.",
             ["reason"], registry=r)
@@ -148,6 +155,8 @@ class FlowMetrics:
             self.anomalies.labels(severity)
         for kind in REDIS_ERROR_KINDS:
             self.redis_write_errors.labels(kind)
+        for reason in RESET_REASONS:
+            self.partition_resets.labels(reason)
 
     def observe_experiment(self, summary: Mapping[str, Any]) -> None:
         """Export an ``Experiment.summary()``: gauges are set, counters advance to its totals.
