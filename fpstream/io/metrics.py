@@ -21,6 +21,8 @@ _LATENCY_BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.
 
 #: Why an input partition was read again from its start (``..._partition_resets_total``).
 RESET_REASONS = ("out_of_range", "beyond_end", "new_topic")
+#: The Kafka outputs (``fpstream_kafka_delivery_errors_total{output}``).
+KAFKA_OUTPUTS = ("allocations", "anomalies", "deadletter")
 #: Why a write to Redis failed (``fpstream_redis_write_errors_total{kind}``).
 REDIS_ERROR_KINDS = ("connection", "timeout", "loading", "auth", "readonly", "oom", "other")
 
@@ -82,6 +84,10 @@ class FlowMetrics:
         self.anomalies = Counter(
             "fpstream_anomalies_emitted_total", "Anomaly events emitted, by severity.",
             ["severity"], registry=r)
+        self.delivery_errors = Counter(
+            "fpstream_kafka_delivery_errors_total",
+            "Output messages Kafka did not take (the worker stops on them), by output.",
+            ["output"], registry=r)
         # Redis output: what waits for Redis while it is away, and how writing to it goes.
         self.redis_backlog = Gauge(
             "fpstream_redis_backlog_items",
@@ -157,6 +163,8 @@ class FlowMetrics:
             self.redis_write_errors.labels(kind)
         for reason in RESET_REASONS:
             self.partition_resets.labels(reason)
+        for output in KAFKA_OUTPUTS:
+            self.delivery_errors.labels(output)
 
     def observe_experiment(self, summary: Mapping[str, Any]) -> None:
         """Export an ``Experiment.summary()``: gauges are set, counters advance to its totals.

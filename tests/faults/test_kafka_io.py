@@ -1,5 +1,5 @@
-"""The flow's Kafka input on its own, against the real broker: a position the partition no
-longer has."""
+"""The flow's Kafka input and output on their own, against the real broker: a position the
+partition no longer has, and a message Kafka does not take."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import time
 from collections.abc import Callable
 
 import pytest
+from bytewax.connectors.kafka import KafkaSinkMessage
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from fpstream.io.embedded import EmbeddedServices
+from fpstream.io.kafka_sink import DeliveryError, KafkaOutput
 from fpstream.io.kafka_source import KafkaInput
 from fpstream.io.metrics import FlowMetrics
 
@@ -42,3 +45,18 @@ def test_a_position_beyond_the_end_is_read_again_from_the_start(
     finally:
         part.close()
 
+
+def test_a_message_kafka_does_not_take_raises_and_is_counted(
+        services: EmbeddedServices, topic_prefix: str) -> None:
+    missing = topic_prefix + "gone"
+    metrics = FlowMetrics()
+    sink = KafkaOutput({"bootstrap.servers": services.brokers, "message.timeout.ms": 2000},
+                       {missing: "deadletter"}, metrics)
+    part = sink.build("fpstream.kafka", 0, 1)
+    with pytest.raises(DeliveryError, match=f"2 messages to topic '{missing}' not delivered"):
+        part.write_batch([KafkaSinkMessage(b"k", b"v", topic=missing)] * 2)
+    assert metrics.registry.get_sample_value(
+        "fpstream_kafka_delivery_errors_total", {"output": "deadletter"}) == 2
+    # Not created by the producer with the broker's default partition count.
+    assert missing not in AdminClient({"bootstrap.servers": services.brokers}).list_topics(
+        timeout=10).topics
