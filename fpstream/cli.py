@@ -209,17 +209,19 @@ def demo(
     config: ConfigOpt = None,
 ) -> None:
     """Run everything on an embedded broker and Redis, fed by the simulator, with a live view."""
-    from fpstream.ops.demo import DemoOptions, run_demo
+    from fpstream.ops.demo import MEMORY_ONLY, DemoOptions, run_demo
     from fpstream.ops.watch import program_name
 
     settings = build_settings(config)
     opts = DemoOptions(duration_s=duration, apps=apps, speed=speed, bad_share=bad_share,
                        seed=seed, live=sys.stdout.isatty(), program=program_name())
+    typer.echo(f"fpstream demo: {MEMORY_ONLY}", err=True)
     try:
         summary = run_demo(settings, opts)
     except KeyboardInterrupt:
-        typer.echo("fpstream demo: stopped", err=True)
+        typer.echo(f"fpstream demo: stopped; {MEMORY_ONLY}", err=True)
         raise typer.Exit(130) from None
+    typer.echo(f"fpstream demo: {MEMORY_ONLY}", err=True)
     text = orjson.dumps(summary, option=orjson.OPT_INDENT_2)
     if json_out is not None:
         json_out.write_bytes(text + b"\n")
