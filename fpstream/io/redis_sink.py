@@ -251,14 +251,22 @@ class _Partition(StatefulSinkPartition[Any, tuple[Any, ...]]):
 
     def _hold_back(self) -> None:
         started = time.monotonic()
-        log.warning("Redis output %s: %d outputs wait for Redis at %s (redis_backlog_max); "
-                    "holding the flow back until they are written", self.name,
-                    len(self._pending), mask_url(self.publisher.settings.redis_url))
-        self._cond.wait_for(lambda: len(self._pending) <= self.limit or self._failure is not None)
-        waited = time.monotonic() - started
-        self.metrics.redis_backpressure.inc(waited)
+        said = False
+        while len(self._pending) > self.limit and self._failure is None:
+            # Counted as it goes, so that a scrape during a long hold sees it.
+            waited = time.monotonic()
+            self._cond.wait(timeout=1.0)
+            self.metrics.redis_backpressure.inc(time.monotonic() - waited)
+            if not said and time.monotonic() - started >= 1.0:  # not a mere burst
+                log.warning("Redis output %s: %d outputs wait for Redis at %s "
+                            "(redis_backlog_max); holding the flow back until they are written",
+                            self.name, len(self._pending),
+                            mask_url(self.publisher.settings.redis_url))
+                said = True
         self._check()
-        log.warning("Redis output %s: moving again after %.1f s", self.name, waited)
+        if said:
+            log.warning("Redis output %s: moving again after %.1f s", self.name,
+                        time.monotonic() - started)
 
     def _check(self) -> None:
         if self._failure is not None:

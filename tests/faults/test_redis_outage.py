@@ -44,8 +44,10 @@ def all_written(settings: Settings, client: redis.Redis, samples: int) -> bool:
 def progress(settings: Settings, client: redis.Redis) -> str:
     in_kafka = {a.id for a in read_topic(settings, settings.topic_allocations)}
     in_redis = {a["id"] for a in redis_allocations(client, settings)}
+    extra = sorted(in_redis - in_kafka)
     return (f"{len(in_kafka & in_redis)} of {len(in_kafka)} allocations in Redis, "
-            f"{metric(settings, 'fpstream_redis_backlog_items'):.0f} waiting")
+            f"{metric(settings, 'fpstream_redis_backlog_items'):.0f} waiting"
+            + (f", {len(extra)} in Redis only: {extra[:10]}" if extra else ""))
 
 
 def check_redis(settings: Settings, client: redis.Redis) -> int:
@@ -129,13 +131,39 @@ def test_a_worker_killed_during_the_outage_resumes_with_what_redis_has_not_got(
         wait_until(lambda: metric(settings, "fpstream_redis_backlog_items") > 0, worker, log,
                    "the resumed worker holding outputs for Redis")
         own_services.redis.restart()
-        # The resumed worker reads from its snapshot's offsets, not from the start.
-        wait_until(lambda: all_written(settings, client, 1), worker, log,
+        # The resumed worker reads on from its snapshot's offsets: maybe nothing is left.
+        wait_until(lambda: all_written(settings, client, 0), worker, log,
                    "every allocation in Redis after the outage", 120,
                    status=lambda: progress(settings, client))
     finally:
         worker.stop()
     assert check_redis(settings, client) > 0
+
+
+def test_a_full_backlog_holds_the_flow_back_and_drops_nothing(
+        own_services: EmbeddedServices, tmp_path: Path) -> None:
+    settings = flow_settings(own_services, redis_prefix="full", redis_backlog_max=8)
+    messages = sim(**SIM)
+    half = len(messages) // 2
+    produce(settings, messages[:half])
+    log = tmp_path / "flow.log"
+    worker = FlowProcess(settings, flow_command(), log_path=log).start()
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        wait_until(lambda: client.xlen(settings.key("allocations")) > 0, worker, log,
+                   "allocation in Redis")
+        own_services.redis.stop()
+        produce(settings, messages[half:])
+        wait_until(lambda: metric(settings, "fpstream_redis_backpressure_seconds_total") >= 3,
+                   worker, log, "the flow held back by its full Redis backlog")
+        own_services.redis.restart()
+        wait_until(lambda: all_written(settings, client, sum(m.count for m in messages)),
+                   worker, log, "every allocation in Redis after the outage", 120,
+                   status=lambda: progress(settings, client))
+    finally:
+        worker.stop()
+    assert check_redis(settings, client) > 0
+    client.close()
 
 
 def test_a_bounded_run_ending_while_redis_is_away_fails_instead_of_dropping(
