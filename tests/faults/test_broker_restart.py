@@ -9,9 +9,9 @@ import pytest
 
 from fpstream.io.embedded import EmbeddedServices, create_topics
 from fpstream.ops.runner import FlowProcess, flow_command
-from tests.integration.helpers import produce, sim
 
-from .conftest import (
+from ..integration.helpers import produce, sim
+from .restarts import (
     flow_settings,
     log_tail,
     metric,
