@@ -21,6 +21,7 @@ from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaException, Message, Producer
 
+from fpstream.errors import FpstreamError
 from fpstream.io.metrics import FlowMetrics
 
 log = logging.getLogger("fpstream.io.kafka")
@@ -28,7 +29,7 @@ log = logging.getLogger("fpstream.io.kafka")
 Item = KafkaSinkMessage[bytes | None, bytes | None]
 
 
-class DeliveryError(RuntimeError):
+class DeliveryError(FpstreamError, RuntimeError):
     """Kafka did not take an output message; the worker must resume from its snapshot."""
 
 

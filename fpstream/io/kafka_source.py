@@ -26,6 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicCollection
 from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka.admin import AdminClient
 
+from fpstream.errors import FpstreamError
 from fpstream.io.metrics import FlowMetrics
 
 log = logging.getLogger("fpstream.io.kafka")
@@ -38,6 +39,11 @@ Position = tuple[int, str | None]
 #: How often the input asks the cluster for its topics' ids.
 TOPIC_CHECK_S = 2.0
 _NO_ID = "AAAAAAAAAAAAAAAAAAAAAA"  # the all-zero id of brokers without topic ids
+
+
+class KafkaInputError(FpstreamError, RuntimeError):
+    """The input cannot read what it was told to: a topic is missing, or the recovery store
+    holds a partition of a topic that is no longer an input."""
 
 
 class TopicIds:
@@ -223,7 +229,7 @@ class KafkaInput(FixedPartitionedSource[Item, Position]):
             if meta is None or meta.error is not None:
                 error = meta.error if meta is not None else "missing"
                 msg = f"input step: cannot list the partitions of topic {topic!r}: {error}"
-                raise RuntimeError(msg)
+                raise KafkaInputError(msg)
             parts += [f"{p}-{topic}" for p in sorted(meta.partitions)]
         return parts
 
@@ -233,7 +239,7 @@ class KafkaInput(FixedPartitionedSource[Item, Position]):
         if topic not in self.topics:
             msg = (f"{step_id}: the recovery store holds partition {for_part!r} of topic "
                    f"{topic!r}, which is not among the inputs {self.topics}")
-            raise ValueError(msg)
+            raise KafkaInputError(msg)
         config = {**self.config, "group.id": "fpstream-flow", "enable.auto.commit": False,
                   "enable.partition.eof": not self.tail,
                   # Positions live in the snapshots; one the broker does not have is ours to

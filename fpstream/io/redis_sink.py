@@ -28,6 +28,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from fpstream.errors import FpstreamError
 from fpstream.events import SCHEMA_VERSION, Allocation, encode
 from fpstream.fleet.experiment import ExperimentSnapshot
 from fpstream.fleet.stage import ClusterDef, ClusterSnapshot
@@ -71,6 +72,11 @@ end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
+
+
+class RedisOutputError(FpstreamError, RuntimeError):
+    """The Redis output stopped: Redis stayed away while it closed, or its writer failed on
+    an error that is not Redis's."""
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -245,7 +251,7 @@ class _Partition(StatefulSinkPartition[Any, tuple[Any, ...]]):
                    f"{mask_url(self.publisher.settings.redis_url)} within {CLOSE_WAIT_S:.0f} s "
                    f"of closing (with -r, the last snapshot holds them)")
             log.error(msg)
-            raise ConnectionError(msg)
+            raise RedisOutputError(msg)
         self._writer.join()
         self.publisher.client.close()
 
@@ -271,7 +277,7 @@ class _Partition(StatefulSinkPartition[Any, tuple[Any, ...]]):
     def _check(self) -> None:
         if self._failure is not None:
             msg = f"Redis output {self.name}: the writer stopped on an error that is not Redis's"
-            raise RuntimeError(msg) from self._failure
+            raise RedisOutputError(msg) from self._failure
 
     def _write_forever(self) -> None:
         backoff = Backoff()
