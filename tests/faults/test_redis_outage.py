@@ -42,25 +42,23 @@ def seq(allocation_id: str) -> int:
     return int(allocation_id.rsplit("/", 1)[1])
 
 
-def for_redis(settings: Settings) -> tuple[set[str], set[str], dict[tuple[str, str], str]]:
-    """What Redis must hold after the allocations on the Kafka topic: the ids it must have
-    taken, those it may have taken, and the newest id per instance (the desired one).
+def for_redis(settings: Settings) -> tuple[set[str], dict[tuple[str, str], str]]:
+    """What Redis must hold after the allocations on the Kafka topic: the ids its script
+    takes, and the newest id per instance (the desired one).
 
-    Every resize (sequence 1, 2, ...: in order in any run) must be there. A proactive one
-    (sequence 0) must be there only for an instance without resizes: answered after the
-    instance's first resize, it is refused as older, and which comes first may differ between
-    a run and its resume.
+    An instance's allocations share its app's partition, so the topic holds them in the order
+    they were decided, the order the output writes them in; the script takes each one whose
+    sequence is newer than the instance's last (a decision the flow made late, about an older
+    period, is refused, and a repeat after a resume has the same id).
     """
-    allocations = read_topic(settings, settings.topic_allocations)
     newest: dict[tuple[str, str], str] = {}
-    for a in allocations:
+    taken = set()
+    for a in read_topic(settings, settings.topic_allocations):
         last = newest.get((a.app, a.instance))
         if last is None or seq(a.id) > seq(last):
             newest[(a.app, a.instance)] = a.id
-    resized = {key for key, last in newest.items() if seq(last) > 0}
-    must = {a.id for a in allocations
-            if seq(a.id) > 0 or (a.app, a.instance) not in resized}
-    return must, {a.id for a in allocations}, newest
+            taken.add(a.id)
+    return taken, newest
 
 
 def desired(settings: Settings, client: redis.Redis, app: str, instance: str) -> str | None:
@@ -70,25 +68,24 @@ def desired(settings: Settings, client: redis.Redis, app: str, instance: str) ->
 
 def all_written(settings: Settings, client: redis.Redis, samples: int) -> bool:
     """Every sample read, nothing waiting for Redis, and Redis holds what it must: in the
-    stream the allocations it must take and no others, as desired each instance's newest."""
+    stream the allocations its script takes, as desired each instance's newest."""
     if (metric(settings, "fpstream_ingest_samples_total") < samples
             or metric(settings, "fpstream_redis_backlog_items") > 0):
         return False
-    must, may, newest = for_redis(settings)
-    in_redis = {a["id"] for a in redis_allocations(client, settings)}
-    return (must <= in_redis <= may
+    taken, newest = for_redis(settings)
+    return (taken == {a["id"] for a in redis_allocations(client, settings)}
             and all(desired(settings, client, app, instance) == last
                     for (app, instance), last in newest.items()))
 
 
 def progress(settings: Settings, client: redis.Redis) -> str:
-    must, may, _ = for_redis(settings)
+    taken, _ = for_redis(settings)
     in_redis = {a["id"] for a in redis_allocations(client, settings)}
-    missing, extra = sorted(must - in_redis), sorted(in_redis - may)
-    return (f"{len(must & in_redis)} of {len(must)} allocations in Redis, "
+    missing, extra = sorted(taken - in_redis), sorted(in_redis - taken)
+    return (f"{len(taken & in_redis)} of {len(taken)} allocations in Redis, "
             f"{metric(settings, 'fpstream_redis_backlog_items'):.0f} waiting"
             + (f", missing: {missing[:10]}" if missing else "")
-            + (f", not on the Kafka topic: {extra[:10]}" if extra else ""))
+            + (f", not expected: {extra[:10]}" if extra else ""))
 
 
 def written_once(settings: Settings, client: redis.Redis) -> int:
