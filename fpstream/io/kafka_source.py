@@ -4,7 +4,9 @@ Like Bytewax's ``KafkaSource`` (whose snapshots it resumes from), it assigns par
 and keeps no consumer group. Unlike it, it does not trust a position blindly: a topic deleted
 and created again (a broker that lost its data, an operator's mistake) starts again at offset
 0, and a position kept from before would skip what the new topic holds, silently. So the input
-notices a position beyond the end of its partition, or a new topic id, logs it, counts it
+notices a position beyond the end of its partition, or a new topic id (asked every
+``TOPIC_CHECK_S`` and before the first messages after a quiet spell, so that messages of the
+new topic are not read at the old position first), logs it, counts it
 (``fpstream_ingest_partition_resets_total{reason}``: ``out_of_range`` when the broker refuses
 the position, ``beyond_end`` when the partition's end is behind it, ``new_topic``) and reads
 the partition again from the start of what it holds. ``auto.offset.reset`` is ``error``:
@@ -38,6 +40,8 @@ Position = tuple[int, str | None]
 
 #: How often the input asks the cluster for its topics' ids.
 TOPIC_CHECK_S = 2.0
+#: Messages after this long without any are held until the topic's id is checked afresh.
+QUIET_S = 1.0
 _NO_ID = "AAAAAAAAAAAAAAAAAAAAAA"  # the all-zero id of brokers without topic ids
 
 
@@ -49,9 +53,9 @@ class KafkaInputError(FpstreamError, RuntimeError):
 class TopicIds:
     """The current id of each input topic, asked of the cluster at most every ``every_s``.
 
-    ``current()`` never blocks: it starts a request when one is due and answers with the last
-    id known (None while a topic is missing or its id unknown). One per process, shared by
-    the partitions its workers read.
+    Nothing here blocks but ``wait``: a request starts when one is due and the answers come
+    back on librdkafka's thread. An id is None while a topic is missing or its id unknown.
+    One per process, shared by the partitions its workers read.
     """
 
     def __init__(self, config: dict[str, Any], topics: Sequence[str],
@@ -60,27 +64,38 @@ class TopicIds:
         self.topics = list(topics)
         self.every_s = every_s
         self._ids: dict[str, str | None] = {}
+        self._asked_at: dict[str, float] = {}  # when the request that answered was sent
         self._lock = threading.Lock()
         self._asked = -float("inf")
         self._waiting = 0
         self._answered = threading.Event()
 
     def current(self, topic: str) -> str | None:
+        """The last id known (asking again when it is due)."""
         self._refresh()
         with self._lock:
             return self._ids.get(topic)
+
+    def since(self, topic: str, moment: float) -> tuple[bool, str | None]:
+        """``(True, id)`` once an answer asked at or after ``moment`` (monotonic) came back;
+        ``(False, None)`` until then, asking for one."""
+        with self._lock:
+            if self._asked_at.get(topic, -float("inf")) >= moment:
+                return True, self._ids.get(topic)
+        self._refresh(now=True)
+        return False, None
 
     def wait(self, timeout: float) -> None:
         """Block until a first answer came (or ``timeout`` passed)."""
         self._refresh()
         self._answered.wait(timeout)
 
-    def _refresh(self) -> None:
-        now = time.monotonic()
+    def _refresh(self, now: bool = False) -> None:
+        asked = time.monotonic()
         with self._lock:
-            if self._waiting or now - self._asked < self.every_s:
+            if self._waiting or (not now and asked - self._asked < self.every_s):
                 return
-            self._asked = now
+            self._asked = asked
             self._waiting = len(self.topics)
         try:
             futures = self._admin.describe_topics(TopicCollection(self.topics),
@@ -90,9 +105,9 @@ class TopicIds:
                 self._waiting = 0
             return
         for topic, future in futures.items():
-            future.add_done_callback(self._answer(topic))
+            future.add_done_callback(self._answer(topic, asked))
 
-    def _answer(self, topic: str) -> Callable[[Future[Any]], None]:
+    def _answer(self, topic: str, asked: float) -> Callable[[Future[Any]], None]:
         def done(future: Future[Any]) -> None:
             try:
                 found = str(future.result().topic_id)
@@ -101,6 +116,7 @@ class TopicIds:
                 topic_id = None
             with self._lock:
                 self._ids[topic] = topic_id
+                self._asked_at[topic] = asked
                 self._waiting -= 1
             self._answered.set()
 
@@ -120,8 +136,11 @@ class _Partition(StatefulSourcePartition[Item, Position]):
         self._offset = offset
         self._topic_id = topic_id
         self._eof = False
+        self._quiet_since: float | None = None
+        self._held: list[Message] = []
+        self._held_at = 0.0
         self._consumer = Consumer(config)
-        self._check_topic()  # before the first fetch, if the cluster answered in time
+        self._check_topic(ids.current(topic))  # before the first fetch, if it answered in time
         self._consumer.assign([TopicPartition(topic, partition, self._offset)])
 
     @property
@@ -131,9 +150,33 @@ class _Partition(StatefulSourcePartition[Item, Position]):
     def next_batch(self) -> list[Item]:
         if self._eof:
             raise StopIteration()
-        self._check_topic()
+        if self._held:
+            answered, current = self.ids.since(self.topic, self._held_at)
+            if not answered:
+                return []
+            messages, self._held = self._held, []
+            if self._check_topic(current):
+                return []  # read at a position of the old topic: read again from the start
+        else:
+            if self._check_topic(self.ids.current(self.topic)):
+                return []
+            messages = self._consumer.consume(self.batch_size, 0.001)
+            if not messages:
+                if self._quiet_since is None:
+                    self._quiet_since = time.monotonic()
+                self._check_end()
+                return []
+            quiet_since, self._quiet_since = self._quiet_since, None
+            if quiet_since is not None and time.monotonic() - quiet_since >= QUIET_S:
+                # The first messages after a quiet spell, which a broker restart also is: held
+                # until the cluster says, since they came, whose topic they belong to.
+                self._held, self._held_at = messages, time.monotonic()
+                self.ids.since(self.topic, self._held_at)
+                return []
+        return self._read(messages)
+
+    def _read(self, messages: list[Message]) -> list[Item]:
         batch: list[Item] = []
-        messages = self._consumer.consume(self.batch_size, 0.001)
         for msg in messages:
             err = msg.error()
             if err is None:
@@ -151,8 +194,6 @@ class _Partition(StatefulSourcePartition[Item, Position]):
                 break
             else:
                 batch.append(KafkaError(err, _message(msg)))  # a dead letter downstream
-        if not messages:
-            self._check_end()
         return batch
 
     def snapshot(self) -> Position:
@@ -161,13 +202,15 @@ class _Partition(StatefulSourcePartition[Item, Position]):
     def close(self) -> None:
         self._consumer.close()
 
-    def _check_topic(self) -> None:
-        current = self.ids.current(self.topic)
+    def _check_topic(self, current: str | None) -> bool:
+        """Take the topic's current id; True if that reset the partition."""
         if current is None or current == self._topic_id:
-            return
+            return False
         known, self._topic_id = self._topic_id, current
-        if known is not None and self._offset != OFFSET_BEGINNING:
-            self._reset("new_topic", f"topic id {known} is now {current}")
+        if known is None or self._offset == OFFSET_BEGINNING:
+            return False
+        self._reset("new_topic", f"topic id {known} is now {current}")
+        return True
 
     def _check_end(self) -> None:
         # The high watermark of the last fetch: no broker request. A broker that answers a
