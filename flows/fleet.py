@@ -8,7 +8,9 @@ Run it with Bytewax (settings come from ``FPSTREAM_*`` and ``FPSTREAM_CONFIG``):
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any, TypeGuard
 
@@ -25,9 +27,17 @@ from fpstream.ingest import AppSeen, Evict, Progress, SampleBatch
 from fpstream.instance.stage import InstanceConfig
 from fpstream.io.fleet_step import FleetLogic, is_redis_only
 from fpstream.io.instance_step import InstanceLogic
-from fpstream.io.kafka import input_partitions, make_sink, make_source, to_message, to_raw
+from fpstream.io.kafka import (
+    create_topics,
+    flow_topics,
+    input_partitions,
+    make_sink,
+    make_source,
+    to_message,
+    to_raw,
+)
 from fpstream.io.metrics import FlowMetrics
-from fpstream.io.redis_sink import RedisSink
+from fpstream.io.redis_sink import RedisSink, redis_key
 from fpstream.io.steps import Steps
 from fpstream.settings import Settings, load_settings
 
@@ -66,7 +76,8 @@ def build_flow(
     timed = metrics.timed
     flow = Dataflow("fpstream")
 
-    messages = op.input("read", flow, source if source is not None else make_source(settings, tail))
+    messages = op.input("read", flow, source if source is not None else make_source(
+        settings, tail, metrics=metrics))
     raw = op.map("raw", messages, to_raw)
     decoded = op.flat_map("decode", raw, timed("decode", steps.decode))
     refused = op.branch("refused", decoded, _is_letter)
@@ -99,9 +110,10 @@ def build_flow(
                      steps.count_deadletter)
     to_kafka = op.merge("to_kafka", events, letters)
     op.output("kafka", op.map("encode", to_kafka, lambda e: to_message(e, settings)),
-              kafka_sink if kafka_sink is not None else make_sink(settings))
-    to_redis = op.filter("redis_items", outputs, _for_redis)
-    op.output("redis", to_redis, redis_sink if redis_sink is not None else RedisSink(settings))
+              kafka_sink if kafka_sink is not None else make_sink(settings, metrics))
+    to_redis = op.key_on("redis_keys", op.filter("redis_items", outputs, _for_redis), redis_key)
+    op.output("redis", to_redis,
+              redis_sink if redis_sink is not None else RedisSink(settings, metrics))
     return flow
 
 
@@ -147,8 +159,16 @@ def _for_redis(item: Output) -> bool:
 
 def flow() -> Dataflow:
     """The factory ``python -m bytewax.run flows.fleet:flow`` calls in every process: settings
-    from ``FPSTREAM_CONFIG`` and ``FPSTREAM_*``, metrics exposed on the configured port."""
+    from ``FPSTREAM_CONFIG`` and ``FPSTREAM_*``, missing topics created, metrics exposed on
+    the configured port."""
+    # Outages, input resets and failed deliveries are logged with their time and origin
+    # (a no-op when the embedding process configured logging itself).
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(os.environ.get("FPSTREAM_CONFIG"))
+    # Missing topics (a broker that lost its data) get the configured partitions here, never
+    # the broker's default from a producer: the Kafka output does not create topics.
+    create_topics(settings, flow_topics(settings), settings.partitions)
     metrics = FlowMetrics()
     metrics.serve(settings.metrics_port, settings.metrics_host)
     tail = os.environ.get("FPSTREAM_TAIL", "1") != "0"

@@ -161,6 +161,7 @@ def run(
 
     from fpstream.io.kafka import create_topics as make_topics
     from fpstream.io.kafka import missing_topics
+    from fpstream.io.redis_sink import connect
     from fpstream.ops.runner import flow_command, init_recovery, settings_env
 
     settings = build_settings(config, brokers=brokers, redis_url=redis_url,
@@ -181,6 +182,12 @@ def run(
         typer.echo(f"fpstream run: missing topics {missing}; create them or pass "
                    "--create-topics", err=True)
         raise typer.Exit(2)
+    # A wrong URL or password stops us here; an outage once the flow runs does not stop it.
+    try:
+        connect(settings).close()
+    except ConnectionError as ex:
+        typer.echo(f"fpstream run: {ex} (setting redis_url)", err=True)
+        raise typer.Exit(2) from ex
     if settings.recovery_dir:
         init_recovery(settings.recovery_dir, max(settings.partitions, 2))
     cmd = flow_command(process_id=process_id, addresses=addresses.split(";") if addresses else None,
@@ -202,17 +209,19 @@ def demo(
     config: ConfigOpt = None,
 ) -> None:
     """Run everything on an embedded broker and Redis, fed by the simulator, with a live view."""
-    from fpstream.ops.demo import DemoOptions, run_demo
+    from fpstream.ops.demo import MEMORY_ONLY, DemoOptions, run_demo
     from fpstream.ops.watch import program_name
 
     settings = build_settings(config)
     opts = DemoOptions(duration_s=duration, apps=apps, speed=speed, bad_share=bad_share,
                        seed=seed, live=sys.stdout.isatty(), program=program_name())
+    typer.echo(f"fpstream demo: {MEMORY_ONLY}", err=True)
     try:
         summary = run_demo(settings, opts)
     except KeyboardInterrupt:
-        typer.echo("fpstream demo: stopped", err=True)
+        typer.echo(f"fpstream demo: stopped; {MEMORY_ONLY}", err=True)
         raise typer.Exit(130) from None
+    typer.echo(f"fpstream demo: {MEMORY_ONLY}", err=True)
     text = orjson.dumps(summary, option=orjson.OPT_INDENT_2)
     if json_out is not None:
         json_out.write_bytes(text + b"\n")

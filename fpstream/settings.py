@@ -95,6 +95,8 @@ class Settings:
     redis_prefix: str = "fpstream"
     redis_options: dict[str, Any] = field(default_factory=dict)  # redis-py's, typed
     allocations_maxlen: int = 100_000
+    # Outputs the flow holds (and snapshots) while Redis is unreachable; beyond, it waits.
+    redis_backlog_max: int = 10_000
     # Time
     window_s: float = 60.0
     decision_period_s: float = 300.0
@@ -191,9 +193,10 @@ class Settings:
 
 def _validate(s: Settings) -> None:
     positive = (
-        "partitions", "allocations_maxlen", "window_s", "decision_period_s", "recluster_s",
-        "n_clusters", "fingerprint_dims", "anomaly_threshold", "max_apps", "app_ttl_s",
-        "max_message_bytes", "max_metrics", "max_labels", "max_id_len", "guard_periods",
+        "partitions", "allocations_maxlen", "redis_backlog_max", "window_s", "decision_period_s",
+        "recluster_s", "n_clusters", "fingerprint_dims", "anomaly_threshold", "max_apps",
+        "app_ttl_s", "max_message_bytes", "max_metrics", "max_labels", "max_id_len",
+        "guard_periods",
     )
     for name in positive:
         if getattr(s, name) <= 0:

@@ -313,12 +313,12 @@ class FlowReducer:
             else:
                 out.other["anomalies"] += 1
 
-    def on_redis(self, items: list[Any]) -> None:
+    def on_redis(self, items: list[tuple[str, Any]]) -> None:
         from fpstream.fleet.experiment import ExperimentSnapshot
         from fpstream.io.fleet_step import is_cluster_def
 
         out = self.out
-        for item in items:
+        for _, item in items:  # (routing key, item)
             if is_cluster_def(item):
                 out.clusters = item
                 out.snapshots += 1

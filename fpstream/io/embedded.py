@@ -9,6 +9,9 @@ at interpreter exit, and on Linux the kernel sends them SIGTERM if this process 
 their own session so that a terminal Ctrl-C reaches only Python, which then stops them in order.
 
 Usage: ``with EmbeddedServices(["fpstream.metrics"]) as svc: run(svc.brokers, svc.redis_url)``.
+Fault tests stop a server and start it again on the same port with ``svc.redis.stop()`` and
+``svc.redis.restart()`` (likewise ``svc.broker``): the broker comes back empty, Redis too unless
+``durable_redis``.
 """
 
 from __future__ import annotations
@@ -96,17 +99,22 @@ class _Server:
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
-    def launch(self) -> None:
-        """Start the process without waiting for it; call from a long-lived thread (PDEATHSIG)."""
-        self.port = free_port()
+    def launch(self, port: int | None = None) -> None:
+        """Start the process without waiting for it; call from a long-lived thread (PDEATHSIG).
+
+        A free port unless ``port`` is given (a restart keeps the address clients know).
+        """
+        self.port = port or free_port()
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 self.command(self.port), stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True,
                 preexec_fn=die_with_parent())
 
-    def wait_ready(self, timeout: float = 20.0, attempts: int = 3) -> None:
-        """Block until ``probe()`` passes; relaunch on a new port if the process exits early."""
+    def wait_ready(self, timeout: float = 20.0, attempts: int = 3,
+                   keep_port: bool = False) -> None:
+        """Block until ``probe()`` passes; relaunch if the process exits early, on a new port
+        (most often another process took ours in between) unless ``keep_port``."""
         deadline = time.monotonic() + timeout
         while True:
             assert self._proc is not None, "launch() first"
@@ -116,7 +124,7 @@ class _Server:
                 if attempts <= 0:
                     msg = f"{self.name} exited with code {code}; log tail:\n{_tail(self.log_path)}"
                     raise EmbeddedError(msg)
-                self.launch()  # most often another process took the port in between
+                self.launch(self.port if keep_port else None)
                 continue
             if self.probe():
                 return
@@ -138,6 +146,15 @@ class _Server:
             except subprocess.TimeoutExpired:
                 proc.kill()
         proc.wait()
+
+    def restart(self, timeout: float = 20.0) -> None:
+        """Stop (if running), then start again on the same port, as a restarted server would.
+
+        What the server held in memory is gone; clients reconnect to the address they know.
+        """
+        self.stop()
+        self.launch(self.port)
+        self.wait_ready(timeout, keep_port=True)
 
 
 class Broker(_Server):
@@ -190,13 +207,21 @@ def redis_binary() -> str:
 
 
 class RedisServer(_Server):
-    """A throwaway Redis (or Valkey): no persistence, bound to loopback."""
+    """A throwaway Redis (or Valkey) bound to loopback: no persistence, unless ``durable``,
+    which keeps an append-only file fsynced on every write in the work directory, as
+    production Redis should, so that what it acknowledged survives a restart."""
 
     name = "redis"
 
+    def __init__(self, workdir: Path, durable: bool = False) -> None:
+        super().__init__(workdir)
+        self.durable = durable
+
     def command(self, port: int) -> list[str]:
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else [
+            "--appendonly", "no"]
         return [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--daemonize", "no", "--dir", str(self.workdir)]
+                *aof, "--daemonize", "no", "--dir", str(self.workdir)]
 
     @property
     def url(self) -> str:
@@ -254,7 +279,8 @@ class EmbeddedServices:
     """A broker with the given topics and a Redis, started together and always stopped."""
 
     def __init__(self, topics: Sequence[str] = (), partitions: int = 2,
-                 workdir: Path | None = None, timeout: float = 20.0) -> None:
+                 workdir: Path | None = None, timeout: float = 20.0,
+                 durable_redis: bool = False) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
         self.topics = list(topics)
@@ -264,7 +290,7 @@ class EmbeddedServices:
         # Only named here; start() creates it, and stop() removes it if it is ours.
         self.workdir = workdir or Path(tempfile.gettempdir()) / f"fpstream-{uuid.uuid4().hex[:12]}"
         self.broker = Broker(self.workdir)
-        self.redis = RedisServer(self.workdir)
+        self.redis = RedisServer(self.workdir, durable=durable_redis)
 
     @property
     def brokers(self) -> str:

@@ -2,45 +2,50 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
-from bytewax.connectors.kafka import (
-    KafkaError,
-    KafkaSink,
-    KafkaSinkMessage,
-    KafkaSource,
-    KafkaSourceMessage,
-)
+from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSourceMessage
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from fpstream.events import Allocation, Anomaly, DeadLetter, Event, encode
 from fpstream.ingest import Origin, RawMessage
+from fpstream.io.kafka_sink import KafkaOutput
+from fpstream.io.kafka_source import KafkaInput
+from fpstream.io.metrics import FlowMetrics
 from fpstream.settings import Settings
+
+log = logging.getLogger("fpstream.io.kafka")
 
 #: librdkafka's default group session timeout makes some brokers slow to settle a group; 6 s
 #: is a sound choice for any Kafka and keeps test and demo start-up quick.
 CONSUMER_DEFAULTS: dict[str, Any] = {"session.timeout.ms": 6000}
 
 
-def make_source(settings: Settings, tail: bool = True, batch_size: int = 500) -> KafkaSource:
-    """Both input topics; partitions are assigned by Bytewax and offsets kept in recovery."""
-    return KafkaSource(
-        brokers=settings.brokers.split(","),
-        topics=[settings.topic_metrics, settings.topic_deploys],
-        tail=tail,
-        add_config={str(k): str(v) for k, v in settings.kafka_options.items()},
-        batch_size=batch_size,
-        raise_on_errors=False,
-    )
+def make_source(settings: Settings, tail: bool = True, batch_size: int = 500,
+                metrics: FlowMetrics | None = None) -> KafkaInput:
+    """Every partition of both input topics, positions in the snapshots; a position a
+    partition no longer has is read again from the start (``fpstream.io.kafka_source``)."""
+    return KafkaInput(settings.kafka_config(), [settings.topic_metrics, settings.topic_deploys],
+                      metrics if metrics is not None else FlowMetrics(), tail=tail,
+                      batch_size=batch_size)
 
 
-def make_sink(settings: Settings) -> KafkaSink:
+def make_sink(settings: Settings, metrics: FlowMetrics | None = None) -> KafkaOutput:
     """One producer per worker; each message names its topic."""
-    config = {"linger.ms": "20", **{str(k): str(v) for k, v in settings.kafka_options.items()}}
-    return KafkaSink(brokers=settings.brokers.split(","), topic=None, add_config=config)
+    outputs = {settings.topic_allocations: "allocations", settings.topic_anomalies: "anomalies",
+               settings.topic_deadletter: "deadletter"}
+    return KafkaOutput({"linger.ms": "20", **settings.kafka_config()}, outputs,
+                       metrics if metrics is not None else FlowMetrics())
+
+
+def flow_topics(settings: Settings) -> list[str]:
+    """The topics the flow reads and writes."""
+    return [settings.topic_metrics, settings.topic_deploys, settings.topic_allocations,
+            settings.topic_anomalies, settings.topic_deadletter]
 
 
 def to_raw(msg: KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[Any, Any]
@@ -128,12 +133,13 @@ def missing_topics(settings: Settings, names: list[str], timeout: float = 10.0) 
 
 
 def create_topics(settings: Settings, names: list[str], partitions: int,
-                  timeout: float = 30.0) -> None:
-    """Create missing topics (replication factor 1 unless the broker's default is used)."""
+                  timeout: float = 30.0) -> list[str]:
+    """Create the missing ones among ``names`` (replication factor: the broker's default) and
+    wait until the cluster lists them; returns those created."""
     admin = AdminClient(settings.kafka_config())
     todo = missing_topics(settings, names, timeout)
     if not todo:
-        return
+        return []
     futures = admin.create_topics([NewTopic(n, num_partitions=partitions) for n in todo])
     for name, future in futures.items():
         try:
@@ -141,3 +147,10 @@ def create_topics(settings: Settings, names: list[str], partitions: int,
         except Exception as ex:  # noqa: BLE001 - a concurrent creator is fine
             if "TOPIC_ALREADY_EXISTS" not in str(ex):
                 raise RuntimeError(f"cannot create topic {name}: {ex}") from ex
+    deadline = time.monotonic() + timeout
+    while left := missing_topics(settings, todo, timeout):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics {left} created but not listed within {timeout} s")
+        time.sleep(0.1)
+    log.info("created topics %s with %d partitions", todo, partitions)
+    return todo

@@ -19,6 +19,13 @@ STATE_STEPS: tuple[str, ...] = ("instance", "fleet")
 
 _LATENCY_BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0)
 
+#: Why an input partition was read again from its start (``..._partition_resets_total``).
+RESET_REASONS = ("out_of_range", "beyond_end", "new_topic")
+#: The Kafka outputs (``fpstream_kafka_delivery_errors_total{output}``).
+KAFKA_OUTPUTS = ("allocations", "anomalies", "deadletter")
+#: Why a write to Redis failed (``fpstream_redis_write_errors_total{kind}``).
+REDIS_ERROR_KINDS = ("connection", "timeout", "loading", "auth", "readonly", "oom", "other")
+
 
 class FlowMetrics:
     """Every metric a flow process exports; label values come from small fixed sets."""
@@ -33,6 +40,11 @@ class FlowMetrics:
             "fpstream_ingest_samples_total", "Metric samples accepted.", registry=r)
         self.deploys = Counter(
             "fpstream_ingest_deploys_total", "Deploy requests accepted.", registry=r)
+        self.partition_resets = Counter(
+            "fpstream_ingest_partition_resets_total",
+            "Input partitions read again from their start because their position was gone "
+            "(the topic was created again, or the broker lost it), by reason.",
+            ["reason"], registry=r)
         self.decode_errors = Counter(
             "fpstream_ingest_decode_errors_total", "Objects refused by the decoder, by reason.",
             ["reason"], registry=r)
@@ -72,6 +84,23 @@ class FlowMetrics:
         self.anomalies = Counter(
             "fpstream_anomalies_emitted_total", "Anomaly events emitted, by severity.",
             ["severity"], registry=r)
+        self.delivery_errors = Counter(
+            "fpstream_kafka_delivery_errors_total",
+            "Output messages Kafka did not take (the worker stops on them), by output.",
+            ["output"], registry=r)
+        # Redis output: what waits for Redis while it is away, and how writing to it goes.
+        self.redis_backlog = Gauge(
+            "fpstream_redis_backlog_items",
+            "Outputs waiting to be written to Redis (kept in snapshots).", registry=r)
+        self.redis_write_errors = Counter(
+            "fpstream_redis_write_errors_total", "Writes to Redis that failed, by kind.",
+            ["kind"], registry=r)
+        self.redis_retries = Counter(
+            "fpstream_redis_retries_total", "Writes to Redis attempted again after a failure.",
+            registry=r)
+        self.redis_backpressure = Counter(
+            "fpstream_redis_backpressure_seconds_total",
+            "Time the flow stood still because its Redis backlog was full.", registry=r)
         self.latency = Histogram(
             "fpstream_step_latency_seconds", "Time spent in one call of a flow step.",
             ["step"], buckets=_LATENCY_BUCKETS, registry=r)
@@ -130,6 +159,12 @@ class FlowMetrics:
             self.allocations.labels(kind)
         for severity in ("warn", "critical"):
             self.anomalies.labels(severity)
+        for kind in REDIS_ERROR_KINDS:
+            self.redis_write_errors.labels(kind)
+        for reason in RESET_REASONS:
+            self.partition_resets.labels(reason)
+        for output in KAFKA_OUTPUTS:
+            self.delivery_errors.labels(output)
 
     def observe_experiment(self, summary: Mapping[str, Any]) -> None:
         """Export an ``Experiment.summary()``: gauges are set, counters advance to its totals.

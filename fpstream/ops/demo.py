@@ -33,6 +33,11 @@ from fpstream.ops.watch import watch_command
 from fpstream.settings import Settings
 from fpstream.simulator import START_TS, archetype_of, simulate
 
+#: Said at the start and end of every demo, and under its live table.
+MEMORY_ONLY = ("the embedded broker and Redis keep everything in memory: nothing survives a "
+               "restart of either. Production needs a replicated Kafka and a persistent Redis "
+               "(README: Durability).")
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DemoOptions:
@@ -129,7 +134,8 @@ def read_redis(client: Any, settings: Settings) -> dict[str, Any]:
 
 def render(m: dict[str, float], red: dict[str, Any], feeder: _Feeder, elapsed: float) -> Group:
     head = Table(title=f"fpstream demo: {elapsed:5.0f} s, event time "
-                       f"+{feeder.samples and (elapsed * feeder.opts.speed / 3600):.1f} h")
+                       f"+{feeder.samples and (elapsed * feeder.opts.speed / 3600):.1f} h",
+                 caption=f"Memory only: {MEMORY_ONLY}")
     for col in ("samples", "dead letters", "windows", "apps", "clusters", "allocations",
                 "anomalies"):
         head.add_column(col, justify="right")

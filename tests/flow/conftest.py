@@ -34,7 +34,12 @@ class Outputs:
     """What a flow run wrote to Kafka and Redis, decoded and sorted by kind."""
 
     kafka: list[Any] = field(default_factory=list)
-    redis: list[Any] = field(default_factory=list)
+    #: What reached the Redis output, as ``(routing key, item)``.
+    redis_keyed: list[tuple[str, Any]] = field(default_factory=list)
+
+    @property
+    def redis(self) -> list[Any]:
+        return [item for _, item in self.redis_keyed]
 
     def kafka_events(self) -> list[Any]:
         import orjson

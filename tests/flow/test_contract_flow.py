@@ -33,8 +33,8 @@ def out(settings: Settings) -> Outputs:
     messages, _ = kafka_messages(settings, **SIM)
     outputs = Outputs()
     flow = build_flow(settings, source=TestingSource(messages, batch_size=50),
-                      kafka_sink=TestingSink(outputs.kafka), redis_sink=TestingSink(outputs.redis),
-                      metrics=FlowMetrics())
+                      kafka_sink=TestingSink(outputs.kafka),
+                      redis_sink=TestingSink(outputs.redis_keyed), metrics=FlowMetrics())
     run_main(flow)
     return outputs
 

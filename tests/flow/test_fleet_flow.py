@@ -11,6 +11,7 @@ from flows.fleet import build_flow
 from fpstream.events import RESOURCES
 from fpstream.io.embedded import free_port
 from fpstream.io.metrics import FlowMetrics
+from fpstream.io.redis_sink import FLEET_KEY
 from fpstream.settings import Settings
 from fpstream.simulator import archetype_of
 
@@ -25,7 +26,7 @@ def run_flow(settings: Settings, messages: list, workers: int = 1) -> tuple[Outp
     out = Outputs()
     metrics = FlowMetrics()
     flow = build_flow(settings, source=TestingSource(messages, batch_size=50),
-                      kafka_sink=TestingSink(out.kafka), redis_sink=TestingSink(out.redis),
+                      kafka_sink=TestingSink(out.kafka), redis_sink=TestingSink(out.redis_keyed),
                       metrics=metrics)
     if workers == 1:
         run_main(flow)
@@ -113,6 +114,15 @@ def test_clusters_are_published_and_separate_archetypes(single) -> None:
     assert len(by_cluster) >= 3
     assert purity >= 0.6, by_cluster
     assert value(metrics, "fpstream_model_clusters") >= 3
+
+
+def test_redis_outputs_are_routed_by_app_or_to_the_fleet_key(single) -> None:
+    out, _, _ = single
+    keys = {type(item).__name__: set() for _, item in out.redis_keyed}
+    for key, item in out.redis_keyed:
+        keys[type(item).__name__].add(key)
+    assert keys.pop("Allocation") == {a.app for a in out.allocations}
+    assert keys and all(k == {FLEET_KEY} for k in keys.values()), keys
 
 
 def test_windows_and_samples_are_counted(single) -> None:
