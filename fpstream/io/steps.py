@@ -16,7 +16,7 @@ from typing import Any
 from bytewax.operators import StatefulLogic
 
 from fpstream.catalog import Catalog
-from fpstream.events import DeadLetter, DeployRequest, Kind
+from fpstream.events import RESOURCES, DeadLetter, DeployRequest, Kind
 from fpstream.experiment import Experiment, ExperimentSnapshot
 from fpstream.features import WindowFeatures
 from fpstream.ingest import (
@@ -70,7 +70,7 @@ class Steps:
             if deploys:  # the model stage orders deploy requests by event time too
                 items.extend(self.progress.advance(msg.origin, max(deploys)))
         if batches:
-            self.metrics.samples.inc(sum(len(b.samples) for b in batches))
+            self.metrics.samples.inc(sum(len(b) for b in batches))
             items.extend(self.progress.observe(msg.origin, batches))
         return items
 
@@ -123,7 +123,7 @@ class _Contained:
 
 def _window_doc(wf: WindowFeatures) -> dict[str, object]:
     return {"app": wf.app, "instance": wf.instance, "start": wf.start, "end": wf.end,
-            "n": wf.n, "peak": wf.peak}
+            "n": wf.n, "peak": dict(zip(RESOURCES, wf.peak.tolist(), strict=True))}
 
 
 class WindowLogic(_Pickled):
@@ -154,11 +154,11 @@ class WindowLogic(_Pickled):
             self.metrics.evictions.labels("window").inc()
             return [*closed, value], StatefulLogic.DISCARD
         try:
-            out = self.state.add_many(value.samples)
+            out = self.state.add_many(value)
         except Exception as ex:  # noqa: BLE001 - no sample may stop the flow
-            error = self._contained(f"{len(value.samples)} samples of {value.app}", ex)
+            error = self._contained(f"{len(value)} samples of {value.app}", ex)
             self.state = self._fresh()
-            return sample_letters(value.samples, value.origin, "model_error", error), \
+            return sample_letters(value.to_samples(), value.origin, "model_error", error), \
                 StatefulLogic.RETAIN
         emitted: list[Any] = list(out.closed)
         if out.late:
