@@ -1,18 +1,24 @@
 """Throughput of the flow's stages on one process, next to the practical limit.
 
-Prints, for the same topic on the embedded broker:
-  raw      samples/s of confluent-kafka consume + orjson decode (nothing else)
-  flow     samples/s through the Bytewax flow's decode + window-feature steps
-  model    closed windows/s through the model stage (fingerprint, cluster, predict, policy)
-  state    bytes of state per app (windows + profile + share of the model stage)
+Prints, for the same topic on the embedded broker, each figure on a line of its own as
+``name: value``:
+  raw_samples_per_s   confluent-kafka consume + orjson decode (nothing else)
+  flow_samples_per_s  the Bytewax flow's decode + window-feature steps, to the topic's end
+  flow_share_of_raw   the second over the first
+then the model stage (closed windows/s: fingerprint, cluster, predict, policy) and the bytes of
+state per app (windows + profile + share of the model stage).
 
-Usage: .venv/bin/python benchmarks/throughput.py [--apps 500] [--minutes 240]
+With ``--repeat N`` raw and flow run N times each, alternately, and the medians are printed:
+on a shared machine one run says little.
+
+Usage: .venv/bin/python benchmarks/throughput.py [--apps 500] [--minutes 120] [--repeat 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import pickle
+import statistics
 import time
 from collections import Counter
 
@@ -128,6 +134,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=120)
     parser.add_argument("--interval", type=float, default=10.0,
                         help="seconds between an agent's samples (windows are 60 s)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of raw and flow each; their medians are printed")
     parser.add_argument("--model-apps", type=int, default=200)
     parser.add_argument("--model-minutes", type=float, default=24 * 60)
     args = parser.parse_args()
@@ -137,11 +145,19 @@ def main() -> None:
         samples, messages = produce(settings, args.apps, args.minutes, args.interval)
         print(f"topic: {samples:,} samples in {messages:,} messages ({args.apps} apps, "
               f"{args.minutes:.0f} min of event time, a sample every {args.interval:.0f} s)")
-        raw = raw_rate(settings, samples)
-        print(f"raw consume + orjson decode : {raw:12,.0f} samples/s")
-        flow, closed = flow_rate(settings, samples)
-        print(f"flow decode + window features: {flow:12,.0f} samples/s "
-              f"({flow / raw:.0%} of raw, {closed:,} windows closed)")
+        raws, flows = [], []
+        for _ in range(max(1, args.repeat)):
+            raws.append(raw_rate(settings, samples))
+            rate, closed = flow_rate(settings, samples)
+            flows.append(rate)
+        raw, flow = statistics.median(raws), statistics.median(flows)
+        print(f"raw_samples_per_s: {raw:.0f}")
+        print(f"flow_samples_per_s: {flow:.0f}")
+        print(f"flow_share_of_raw: {flow / raw:.3f}")
+        if len(raws) > 1:
+            print(f"runs: raw {', '.join(f'{r:,.0f}' for r in raws)}; "
+                  f"flow {', '.join(f'{r:,.0f}' for r in flows)}")
+        print(f"flow closed {closed:,} windows")
     rate, worst, mean, model_share = model_rate(settings, args.model_apps, args.model_minutes)
     print(f"model stage                  : {rate:12,.0f} closed windows/s "
           f"({args.model_apps} apps, {args.model_minutes / 60:.0f} h)")
