@@ -17,6 +17,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from operator import itemgetter
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
@@ -320,27 +321,32 @@ def decode_columns(doc: Any, limits: Limits = DEFAULT_LIMITS) -> SampleColumns |
     capacity_col: list[dict[str, float] | None] = []
     flat: list[float] = []
     checked_labels: object = None
+    checked_capacity: object = None
+    app0: object = _REQUIRED  # no app yet: nothing compares equal to this
     for obj in objs:
         if type(obj) is not dict:
             return None
-        metrics = obj.get("metrics")
+        try:
+            ts, app, instance, metrics = _REQUIRED(obj)
+        except KeyError:
+            return None
         if type(metrics) is not dict or tuple(metrics) != names:
             return None
         get = obj.get
         v = get("v", SCHEMA_VERSION)
-        ts = get("ts")
-        app = get("app")
-        instance = get("instance")
         interval = get("interval_s", 60.0)
         if (type(v) is not int or v != SCHEMA_VERSION
                 or (type(ts) is not float and type(ts) is not int) or not TS_MIN <= ts < TS_MAX
                 or (type(interval) is not float and type(interval) is not int)
                 or not 0.0 < interval <= MAX_INTERVAL_S
-                or type(app) is not str or type(instance) is not str):
+                or type(instance) is not str):
             return None
-        if ((app not in ids or len(app) > max_id) and not _good_id(app, max_id)) or \
-                ((instance not in ids or len(instance) > max_id)
-                 and not _good_id(instance, max_id)):
+        if app != app0:  # one app per message, as a rule
+            if type(app) is not str or ((app not in ids or len(app) > max_id)
+                                        and not _good_id(app, max_id)):
+                return None
+            app0 = app
+        if (instance not in ids or len(instance) > max_id) and not _good_id(instance, max_id):
             return None
         labels = get("labels")
         if labels is not None and labels != checked_labels:
@@ -348,8 +354,17 @@ def decode_columns(doc: Any, limits: Limits = DEFAULT_LIMITS) -> SampleColumns |
                 return None
             checked_labels = labels
         capacity = get("capacity")
-        if capacity is not None and not _capacity_ok(capacity, metrics, limits):
-            return None
+        if capacity is not None:
+            if capacity != checked_capacity:
+                if not _capacity_ok(capacity, limits):
+                    return None
+                checked_capacity = capacity
+            for key, limit in capacity.items():
+                # a value of another type fails the message's type check below
+                value = metrics.get(key)
+                if (type(value) is float or type(value) is int) and limit > 0 \
+                        and float(value) > CAPACITY_MULTIPLE * float(limit):
+                    return None
         ts_col.append(ts)
         apps.append(app)
         instances.append(instance)
@@ -364,6 +379,7 @@ def decode_columns(doc: Any, limits: Limits = DEFAULT_LIMITS) -> SampleColumns |
     return SampleColumns(ts_col, apps, instances, names, values, labels_col, capacity_col)
 
 
+_REQUIRED = itemgetter("ts", "app", "instance", "metrics")
 #: JSON numbers as orjson gives them (``bool`` is not one of them, though a subclass of int).
 _NUMBER_TYPES = frozenset((int, float))
 # Metric-name tuples whose names all passed the pattern -> position of cpu_cores (or -1).
@@ -380,24 +396,19 @@ def _labels_ok(labels: object, limits: Limits) -> bool:
     return True
 
 
-def _capacity_ok(capacity: object, metrics: dict[str, Any], limits: Limits) -> bool:
+def _capacity_ok(capacity: object, limits: Limits) -> bool:
+    """The capacity's own rules; the usage it bounds is checked by the caller."""
     if type(capacity) is not dict or len(capacity) > limits.max_metrics:
         return False
     for key, limit in capacity.items():
         if type(limit) is not float and type(limit) is not int:
             return False
-        limit = float(limit)
-        if not 0.0 <= limit <= metric_bound(key):
+        if not 0.0 <= float(limit) <= metric_bound(key):
             return False
         if key not in _GOOD_NAMES:
             if not METRIC_NAME_PATTERN.fullmatch(key):
                 return False
             _remember(_GOOD_NAMES, key)
-        value = metrics.get(key)
-        # a value of another type fails the message's type check later
-        if (type(value) is float or type(value) is int) and limit > 0 \
-                and float(value) > CAPACITY_MULTIPLE * limit:
-            return False
     return True
 
 

@@ -49,7 +49,7 @@ class RawMessage:
     value: bytes | None
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class SampleBatch:
     """The samples of one app from one message, as columns: the unit the window step consumes.
 
@@ -58,6 +58,9 @@ class SampleBatch:
     when no row lacks any), and the sample's own ``labels[i]`` and ``capacity[i]`` dicts as
     sent (``None`` when absent). No object per sample: ``sample(i)`` builds one again, from
     ``source`` (the message, or the samples the batch was made of), for a dead letter.
+
+    Read-only, like an event; not frozen only because one is made per message, and a frozen
+    dataclass costs five times as much to make.
     """
 
     app: str

@@ -49,7 +49,7 @@ class WindowsOut:
     dropped: list[MetricSample] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Rows:
     """Rows stored for open windows: a batch's columns, or what a close left of them.
 
@@ -164,36 +164,37 @@ class AppWindows:
             for s in samples:  # before any change: a refused batch leaves no trace
                 self._check_app(s.app)
             batch = SampleBatch.from_samples(samples)
-        self._check_app(batch.app)
-        self.app = batch.app
-        n = len(batch)
+        if batch.app != self.app:
+            self._check_app(batch.app)
+            self.app = batch.app
+        n = len(batch.instance)
         if n == 0:
             return WindowsOut([])
         w = self.window_s
-        lateness = self.allowed_lateness_s
-        late: list[MetricSample] = []
-        dropped: list[MetricSample] = []
-        high = max(self._wm, batch.ts_max - lateness)
+        high = batch.ts_max - self.allowed_lateness_s
+        if high < self._wm:
+            high = self._wm
+        instances = batch.instance
         if math.ceil(batch.ts_min / w) * w > high and self._rows + n <= self.max_window_samples \
-                and self._fits(batch.instance):
+                and (self._instances.issuperset(instances) or self._fits(instances)):
             # the usual case: no sample can be late or over a bound, whatever the order
-            self._store(batch.ts, batch.instance, batch.names, batch.values, batch.labels,
+            self._store(batch.ts, instances, batch.names, batch.values, batch.labels,
                         batch.capacity, batch.dense, batch.ts_min, batch.ts_max)
             if batch.ts_max > self._max_ts:
                 self._max_ts = batch.ts_max
             self._wm = high
-        else:
-            accepted, late_rows, dropped_rows = self._admit(batch)
-            if accepted:
-                ts = batch.ts[accepted]
-                self._store(ts, tuple(batch.instance[i] for i in accepted), batch.names,
-                            batch.values[accepted], tuple(batch.labels[i] for i in accepted),
-                            tuple(batch.capacity[i] for i in accepted), batch.dense,
-                            float(ts.min()), float(ts.max()))
-            late = [batch.sample(i) for i in late_rows]
-            dropped = [batch.sample(i) for i in dropped_rows]
-            self.late_total += len(late)
-            self.dropped_total += len(dropped)
+            return WindowsOut(self._close() if self._first_end <= high else [])
+        accepted, late_rows, dropped_rows = self._admit(batch)
+        if accepted:
+            ts = batch.ts[accepted]
+            self._store(ts, tuple(instances[i] for i in accepted), batch.names,
+                        batch.values[accepted], tuple(batch.labels[i] for i in accepted),
+                        tuple(batch.capacity[i] for i in accepted), batch.dense,
+                        float(ts.min()), float(ts.max()))
+        late = [batch.sample(i) for i in late_rows]
+        dropped = [batch.sample(i) for i in dropped_rows]
+        self.late_total += len(late)
+        self.dropped_total += len(dropped)
         closed = self._close() if self._first_end <= self._wm else []
         return WindowsOut(closed, late, dropped)
 
@@ -224,10 +225,7 @@ class AppWindows:
 
     def _fits(self, instances: tuple[str, ...]) -> bool:
         """No instance of ``instances`` would be dropped for ``max_instances``."""
-        held = self._instances
-        if held.issuperset(instances):
-            return True
-        return len(held.union(instances)) <= self.max_instances
+        return len(self._instances.union(instances)) <= self.max_instances
 
     def _store(self, ts: np.ndarray, instance: tuple[str, ...], names: tuple[str, ...],
                values: np.ndarray, labels: tuple[dict[str, str] | None, ...],
