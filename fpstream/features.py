@@ -182,8 +182,8 @@ def _merge(w: int, parts: list[tuple[list[int], tuple[np.ndarray, np.ndarray, np
 
 @lru_cache(maxsize=256)
 def _quantiles(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``n`` sorted values and their weights for p50 and p95, each interpolated
-    linearly between two neighbours (numpy's default method)."""
+    """Rows of ``n`` sorted values and their weights whose pairwise sums are p50, p95 (each
+    interpolated linearly between two neighbours, numpy's default method) and the max."""
     rows: list[int] = []
     weights: list[float] = []
     for q in (0.50, 0.95):
@@ -192,6 +192,8 @@ def _quantiles(n: int) -> tuple[np.ndarray, np.ndarray]:
         frac = pos - lo
         rows += [lo, min(lo + 1, n - 1)]
         weights += [1.0 - frac, frac]
+    rows += [n - 1, n - 1]
+    weights += [1.0, 0.0]
     return np.array(rows), np.array(weights)[:, None]
 
 
@@ -215,19 +217,19 @@ def _dense(values: np.ndarray, columns: tuple[int, ...]
     mean = values.sum(axis=1)
     mean /= n
     dev = values - mean[:, None]
-    squares = (dev * dev).sum(axis=1)
-    # the sums of centred products the correlations use, beyond the variances
-    sums = (dev[:, :, lay.left] * dev[:, :, lay.right]).sum(axis=1) if lay.pairs else None
-    srt = np.sort(values, axis=1)
+    if lay.both_net:  # received plus sent, centred: a column of its own for the correlation
+        rx, tx = lay.net
+        dev = np.concatenate((dev, dev[:, :, rx : rx + 1] + dev[:, :, tx : tx + 1]), axis=2)
+    # the centred sums of squares (the first p) and of the products the correlations use
+    sums = (dev[:, :, lay.left] * dev[:, :, lay.right]).sum(axis=1)
     rows, weights = _quantiles(n)
-    picked = srt[:, rows] * weights
+    picked = np.sort(values, axis=1)[:, rows]
+    picked *= weights
     stats[:, 0] = mean
-    np.add(picked[:, 0::2], picked[:, 1::2], out=stats[:, 1:3])
-    stats[:, 3] = srt[:, n - 1]
-    squares /= n
-    np.sqrt(squares, out=stats[:, 4])
+    np.add(picked[:, 0::2], picked[:, 1::2], out=stats[:, 1:4])
+    np.sqrt(sums[:, :p] / n, out=stats[:, 4])
     _ratios(stats, mean)
-    return _assemble(stats, lay, (squares, sums), n)
+    return _assemble(stats, lay, sums, n)
 
 
 _ONE_SAMPLE = np.array([[0.0], [1.0], [0.0]])  # std, peak-to-mean, cv of a single sample
@@ -243,27 +245,22 @@ def _ratios(stats: np.ndarray, mean: np.ndarray) -> None:
         np.divide(stats[:, 3:5], mean[:, None], out=stats[:, 5:7], where=mean[:, None] > 0)
 
 
-def _assemble(stats: np.ndarray, lay: _Layout,
-              centred: tuple[np.ndarray, np.ndarray | None] | None, n: int
+def _assemble(stats: np.ndarray, lay: _Layout, sums: np.ndarray | None, n: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lay ``(W, stats, columns)`` out over ``FEATURE_ORDER``, with the cross features from
-    the centred sums of squares divided by ``n`` and of products (``None``: none defined)."""
+    the centred sums of squares and products (``_Layout.left``/``right``; ``None``: the
+    correlations are undefined)."""
     w = stats.shape[0]
     if not stats.max() < _HUGE:  # only values near float64's limits get here
         np.nan_to_num(stats, copy=False, nan=0.0, posinf=_FLOAT_MAX, neginf=_FLOAT_MAX)
     # features, peaks and means side by side, filled with one gather
     out = np.zeros((w, _WIDTH))
     out[:, lay.out_at] = stats.reshape(w, -1)[:, lay.stat_at]
-    if (centred is not None and lay.cpu is not None) or lay.req is not None:
+    if (sums is not None and lay.cpu is not None) or lay.req is not None:
         means = stats[:, 0].tolist()
-        if centred is None:
-            squares: list[Any] = [None] * w
-            products: list[Any] = squares
-        else:
-            squares = centred[0].tolist()
-            products = centred[1].tolist() if centred[1] is not None else [[]] * w
-        out[:, _CROSS_AT:_NF] = [_cross(lay, m, q, s, n)
-                                 for m, q, s in zip(means, squares, products, strict=True)]
+        products: list[Any] = sums.tolist() if sums is not None else [None] * w
+        out[:, _CROSS_AT:_NF] = [_cross(lay, m, s, n)
+                                 for m, s in zip(means, products, strict=True)]
     return out[:, :_NF], out[:, _NF : _NF + _NR], out[:, _NF + _NR :]
 
 
@@ -275,26 +272,20 @@ _WIDTH = _NF + 2 * _NR
 _HUGE = 1e150
 
 
-def _cross(lay: _Layout, m: list[float], q: list[float] | None, s: list[float] | None, n: int
-           ) -> list[float]:
-    """``CROSS`` and ``PER_REQUEST`` of one window from its column means ``m``, centred sums
-    of squares divided by ``n`` (``q``) and of products (``s``, ``_Layout.left``/``right``
-    order)."""
+def _cross(lay: _Layout, m: list[float], s: list[float] | None, n: int) -> list[float]:
+    """``CROSS`` and ``PER_REQUEST`` of one window from its column means ``m`` and centred
+    sums of squares and products ``s``."""
     cpu_net = cpu_req = per_cpu = per_mem = 0.0
     cpu, req = lay.cpu, lay.req
-    if q is not None and s is not None and cpu is not None and n > 1:
-        sxx = q[cpu] * n
+    if s is not None and cpu is not None and n > 1:
+        sxx = s[cpu]
         fx = _CONST * m[cpu] * m[cpu] * n
         if lay.net:
-            # rx + tx: covariance and variance of a sum from those of its parts
             net_mean = sum([m[j] for j in lay.net])
-            syy = sum([q[j] for j in lay.net]) * n
-            if len(lay.net) == 2:
-                syy += 2.0 * s[lay.net_pair]
-            cpu_net = _corr(sum([s[i] for i in lay.cpu_net]), sxx, syy, fx,
+            cpu_net = _corr(s[lay.cpu_net], sxx, s[lay.net_net], fx,
                             _CONST * net_mean * net_mean * n)
         if req is not None:
-            cpu_req = _corr(s[lay.cpu_req], sxx, q[req] * n, fx, _CONST * m[req] * m[req] * n)
+            cpu_req = _corr(s[lay.cpu_req], sxx, s[req], fx, _CONST * m[req] * m[req] * n)
     if req is not None and m[req] > 0:
         if cpu is not None:
             per_cpu = _ratio(m[cpu], m[req])
@@ -386,14 +377,14 @@ class _Layout:
     mem: int | None
     net: list[int]
     req: int | None
-    # The centred products the correlations need beyond the variances, as column pairs
-    # (``left``, ``right``): cpu with each net column, rx with tx, cpu with req; and where
-    # each of those is in that list.
-    pairs: int
+    both_net: bool  # rx + tx is the extra column p of the centred samples
+    # The centred sums of products computed, as column pairs (``left``, ``right``): each
+    # column with itself (the first p), cpu with net, net with itself, cpu with req; and
+    # where the correlations find theirs.
     left: np.ndarray
     right: np.ndarray
-    cpu_net: list[int]
-    net_pair: int
+    cpu_net: int
+    net_net: int
     cpu_req: int
 
 
@@ -404,39 +395,40 @@ def _layout(columns: tuple[int, ...]) -> _Layout:
     resources = [j for j, c in enumerate(columns) if c < _NR]
     cpu, req = pos.get(_CPU), pos.get(_REQ)
     net = [pos[c] for c in (_RX, _TX) if c in pos]
-    pairs: list[tuple[int, int]] = []
-    cpu_net: list[int] = []
-    net_pair = cpu_req = -1
+    pairs = [(j, j) for j in range(p)]  # the squares first, at each column's position
+    cpu_net = net_net = cpu_req = -1
     if cpu is not None:
-        for j in net:
-            cpu_net.append(len(pairs))
+        if net:  # rx + tx, when both, is the extra column p
+            j = p if len(net) == 2 else net[0]
+            cpu_net = len(pairs)
             pairs.append((cpu, j))
-        if len(net) == 2:
-            net_pair = len(pairs)
-            pairs.append((net[0], net[1]))
+            net_net = j
+            if len(net) == 2:
+                net_net = len(pairs)
+                pairs.append((p, p))
         if req is not None:
             cpu_req = len(pairs)
             pairs.append((cpu, req))
-
-    def index(values: list[int]) -> np.ndarray:
-        return np.array(values, dtype=np.intp)
-
     out_at = [columns[j] * _NS + s for j in resources for s in range(_NS)]
     stat_at = [s * p + j for j in resources for s in range(_NS)]
     for j in resources:  # the peak is the max, the mean the mean
         out_at += [_NF + columns[j], _NF + _NR + columns[j]]
         stat_at += [3 * p + j, j]
+
+    def index(values: list[int]) -> np.ndarray:
+        return np.array(values, dtype=np.intp)
+
     return _Layout(
         out_at=index(out_at),
         stat_at=index(stat_at),
         cpu=cpu,
         mem=pos.get(_MEM),
         net=net,
+        both_net=cpu is not None and len(net) == 2,
         req=req,
-        pairs=len(pairs),
         left=index([a for a, _ in pairs]),
         right=index([b for _, b in pairs]),
         cpu_net=cpu_net,
-        net_pair=net_pair,
+        net_net=net_net,
         cpu_req=cpu_req,
     )

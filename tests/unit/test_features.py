@@ -124,6 +124,15 @@ def test_correlations_have_the_sign_of_the_relation() -> None:
     assert wf.feature("corr.cpu_req") == pytest.approx(1.0)
 
 
+def test_the_net_correlation_survives_opposite_rx_and_tx() -> None:
+    # rx and tx move against each other, so their sum barely moves: the variance of the sum
+    # from those of its parts would be all rounding error
+    values = np.array([[0.0, 0.5, 0.5, 0.5, 0.5, 1e-6, 0.5, 0.5],
+                       [0.5, 0.5, 0.5, 0.5, 0.0, 0.5, 0.5, 0.5]])
+    wf = window_features("app", "vm-1", 0.0, 60.0, samples_of(values))
+    assert wf.feature("corr.cpu_net") == pytest.approx(-1.0, abs=1e-9)
+
+
 def test_constant_or_missing_sides_give_zero_correlation() -> None:
     values = np.tile([0.1, 1e9, 0.0, 0.0, 0.3, 0.3, 7.0, 1.0], (10, 1))
     values[:, 6] = np.arange(10)  # req varies, cpu (0.1, not exact in binary) does not
