@@ -268,12 +268,13 @@ def decode_document(doc: Any, kind: Kind | None = None, limits: Limits = DEFAULT
         return Decoded([], [DecodeError(ex.reason, ex.detail)])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SampleColumns:
     """The samples of one message as columns (``decode_columns``): row ``i`` is object ``i``.
 
     ``values`` is ``(rows, len(names))`` float64; ``labels`` and ``capacity`` are the
-    objects' own (``None`` when absent), numbers as sent.
+    objects' own (``None`` when absent), numbers as sent. One per message, on the way to a
+    ``SampleBatch``: not frozen, which would cost more than the rest of its making.
     """
 
     ts: list[float]

@@ -277,7 +277,7 @@ class ProgressTracker:
 
     def observe(self, origin: Origin, batches: list[SampleBatch]) -> list[Marker | Evict]:
         out: list[Marker | Evict] = []
-        newest = self.newest.get(origin.source, -math.inf)
+        newest = -math.inf
         apps = self.apps
         new: list[SampleBatch] = []
         for batch in batches:  # the message's known apps first, so none of them is evicted
@@ -297,11 +297,12 @@ class ProgressTracker:
 
     def advance(self, origin: Origin, newest: float) -> list[Marker | Evict]:
         """The partition of ``origin`` has been read up to event time ``newest``."""
-        newest = max(newest, self.newest.get(origin.source, -math.inf))
-        self.newest[origin.source] = newest
-        if newest - self.sent.get(origin.source, -math.inf) >= self.step_s:
-            self.sent[origin.source] = newest
-            return [Progress(origin.source, newest - self.lateness_s)]
+        source = origin.source
+        newest = max(newest, self.newest.get(source, -math.inf))
+        self.newest[source] = newest
+        if newest - self.sent.get(source, -math.inf) >= self.step_s:
+            self.sent[source] = newest
+            return [Progress(source, newest - self.lateness_s)]
         return []
 
 

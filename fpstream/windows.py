@@ -66,6 +66,7 @@ class _Rows:
     capacity: tuple[dict[str, float] | None, ...]
     dense: bool
     regular: bool
+    first_ts: float
     first_end: float
     last_end: float
 
@@ -235,7 +236,7 @@ class AppWindows:
         first, last = math.ceil(ts_min / w) * w, math.ceil(ts_max / w) * w
         regular = dense and ts_min == ts_max and len(set(instance)) == len(instance)
         self._stored.append(_Rows(ts, instance, names, values, labels, capacity, dense,
-                                  regular, first, last))
+                                  regular, ts_min, first, last))
         self._rows += len(instance)
         self._instances.update(instance)
         if first < self._first_end:
@@ -300,19 +301,26 @@ class AppWindows:
     def _close(self) -> list[WindowFeatures]:
         """Featurise the windows ending at or before the watermark, by end then instance."""
         wm = self._wm
-        involved = [r for r in self._stored if r.first_end <= wm]
+        involved: list[_Rows] = []
+        left: list[_Rows] = []
+        for r in self._stored:
+            (involved if r.first_end <= wm else left).append(r)
         first = involved[0]
         if all(r.regular and r.instance == first.instance and r.names == first.names
                for r in involved):
             out = self._close_regular(involved)
-            left = [r for r in self._stored if r.first_end > wm]
         else:
             out, left = self._close_rows()
         self._stored = left
-        self._rows = sum(len(r.instance) for r in left)
-        self._instances = set(chain.from_iterable(r.instance for r in left))
-        self._first_end = min((r.first_end for r in left), default=math.inf)
-        self._last_end = max((r.last_end for r in left), default=-math.inf)
+        if left:
+            self._rows = sum([len(r.instance) for r in left])
+            self._instances = set(chain.from_iterable([r.instance for r in left]))
+            self._first_end = min([r.first_end for r in left])
+            self._last_end = max([r.last_end for r in left])
+        else:
+            self._rows = 0
+            self._instances = set()
+            self._first_end, self._last_end = math.inf, -math.inf
         return out
 
     def _close_regular(self, involved: list[_Rows]) -> list[WindowFeatures]:
@@ -325,14 +333,19 @@ class AppWindows:
         for r in involved:
             by_window.setdefault(r.first_end, []).append(r)
         order = sorted(range(len(instance)), key=instance.__getitem__)
+        shuffled = order != list(range(len(instance)))
         app = self.app or ""
         out = []
         for end in sorted(by_window):
-            rows = sorted(by_window[end], key=lambda r: float(r.ts[0]))  # stable: arrival order
+            rows = by_window[end]
+            if len(rows) > 1:
+                rows.sort(key=_time_of)  # stable: arrival order among equal times
             values = rows[0].values if len(rows) == 1 else \
                 np.concatenate([r.values for r in rows])
             block = values.reshape(len(rows), len(instance), -1).transpose(1, 0, 2)
-            feats, peak, mean = featurise(np.ascontiguousarray(block[order][:, :, src]), columns)
+            if shuffled:
+                block = block[order]
+            feats, peak, mean = featurise(np.ascontiguousarray(block[:, :, src]), columns)
             latest = rows[-1]
             idx = round(end / w) - 1
             for k, i in enumerate(order):
@@ -393,9 +406,13 @@ class AppWindows:
                 low, high = float(kept_ts.min()), float(kept_ts.max())
                 left.append(_Rows(kept_ts, tuple(r.instance[i] for i in keep), r.names,
                                   r.values[keep], tuple(r.labels[i] for i in keep),
-                                  tuple(r.capacity[i] for i in keep), r.dense, False,
+                                  tuple(r.capacity[i] for i in keep), r.dense, False, low,
                                   math.ceil(low / w) * w, math.ceil(high / w) * w))
         return out, left
+
+
+def _time_of(rows: _Rows) -> float:
+    return rows.first_ts
 
 
 def _window(app: str, instance: str, idx: int, w: float, n: int, features: np.ndarray,
