@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,7 +56,7 @@ class SampleBatch:
     Row ``i`` is one sample, in message order: event time ``ts[i]``, ``instance[i]``, metric
     values ``values[i]`` over ``names`` (NaN where the sample lacks that metric; ``dense``
     when no row lacks any), and the sample's own ``labels[i]`` and ``capacity[i]`` dicts as
-    sent (``None`` when absent). No object per sample: ``sample(i)`` builds one again, from
+    sent (``None`` when absent). No object per sample: ``samples(rows)`` builds them again, from
     ``source`` (the message, or the samples the batch was made of), for a dead letter.
 
     Read-only, like an event; not frozen only because one is made per message, and a frozen
@@ -82,17 +82,19 @@ class SampleBatch:
     def __len__(self) -> int:
         return len(self.instance)
 
-    def sample(self, i: int) -> MetricSample:
-        """Row ``i`` as the ``MetricSample`` the decoder would give for it."""
+    def samples(self, rows: Iterable[int]) -> list[MetricSample]:
+        """Rows as the ``MetricSample``s the decoder would give for them (the message is
+        parsed once, however many rows)."""
         if isinstance(self.source, tuple):
-            return self.source[i]
+            return [self.source[i] for i in rows]
         doc = orjson.loads(self.source)
         if type(doc) is dict:
-            return sample_of(doc)
-        return sample_of(doc[i if self.positions is None else self.positions[i]])
+            return [sample_of(doc) for _ in rows]
+        at = self.positions
+        return [sample_of(doc[i if at is None else at[i]]) for i in rows]
 
     def to_samples(self) -> list[MetricSample]:
-        return [self.sample(i) for i in range(len(self))]
+        return self.samples(range(len(self)))
 
     @classmethod
     def from_samples(cls, samples: Sequence[MetricSample], origin: Origin | None = None
@@ -110,9 +112,8 @@ class SampleBatch:
             values = np.array([list(s.metrics.values()) for s in samples], dtype=np.float64)
             values = values.reshape(len(samples), len(names))
         else:
-            index = {name: j for s in samples for j, name in enumerate(s.metrics)}
-            index = {name: j for j, name in enumerate(index)}
-            names = tuple(index)
+            names = tuple(dict.fromkeys(name for s in samples for name in s.metrics))
+            index = {name: j for j, name in enumerate(names)}
             values = np.full((len(samples), len(names)), np.nan)
             for r, s in enumerate(samples):
                 for name, value in s.metrics.items():

@@ -192,8 +192,8 @@ class AppWindows:
                         batch.values[accepted], tuple(batch.labels[i] for i in accepted),
                         tuple(batch.capacity[i] for i in accepted), batch.dense,
                         float(ts.min()), float(ts.max()))
-        late = [batch.sample(i) for i in late_rows]
-        dropped = [batch.sample(i) for i in dropped_rows]
+        late = batch.samples(late_rows) if late_rows else []
+        dropped = batch.samples(dropped_rows) if dropped_rows else []
         self.late_total += len(late)
         self.dropped_total += len(dropped)
         closed = self._close() if self._first_end <= self._wm else []

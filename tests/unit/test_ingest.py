@@ -281,3 +281,17 @@ def test_fast_and_object_paths_agree_on_values_near_bounds(metrics: list, rows: 
     docs = [full(instance=f"vm-{i}", metrics=dict(metrics), capacity={"cpu_cores": 1e-3})
             for i in range(rows)]
     assert_agree(orjson.dumps(docs))
+
+
+def test_rows_are_rebuilt_from_one_parse_of_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = [full(instance=f"vm-{i}") for i in range(50)]
+    raw = orjson.dumps(docs)
+    (batch,) = [x for x in decode_raw(RawMessage(Origin("m", 0, 7, TS), None, raw), "metric",
+                                      LIMITS) if isinstance(x, SampleBatch)]
+    expected = decode_message(raw, "metric").events
+    parses = []
+    loads = orjson.loads
+    monkeypatch.setattr(orjson, "loads", lambda b: parses.append(1) or loads(b))
+    assert batch.to_samples() == expected
+    assert batch.samples([3, 1]) == [expected[3], expected[1]]
+    assert len(parses) == 2
