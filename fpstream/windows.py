@@ -55,7 +55,8 @@ class _Rows:
 
     ``regular`` rows (the usual batch: one sample per instance, all at one event time) are
     all in one window and need no sorting; ``first_end`` and ``last_end`` bound the ends of
-    the windows the rows are in.
+    the windows the rows are in; ``load`` is the most samples the rows can add to one
+    instance's window (1 when no instance repeats).
     """
 
     ts: np.ndarray
@@ -69,6 +70,7 @@ class _Rows:
     first_ts: float
     first_end: float
     last_end: float
+    load: int
 
 
 class AppWindows:
@@ -115,7 +117,9 @@ class AppWindows:
         self._max_ts = -math.inf
         self._wm = -math.inf
         self._stored: list[_Rows] = []  # the samples of the open windows, in arrival order
-        self._rows = 0
+        # per open window (its end), a bound on the samples of any one instance in it
+        self._load: dict[float, int] = {}
+        self._rows = 0  # samples stored, a bound for batches over several windows
         self._instances: set[str] = set()  # instances with an open window
         self._first_end = math.inf  # ends of the earliest and latest open windows
         self._last_end = -math.inf
@@ -176,11 +180,16 @@ class AppWindows:
         if high < self._wm:
             high = self._wm
         instances = batch.instance
-        if math.ceil(batch.ts_min / w) * w > high and self._rows + n <= self.max_window_samples \
+        first = math.ceil(batch.ts_min / w) * w
+        load = 1 if len(set(instances)) == n else n
+        cap = self.max_window_samples
+        if first > high and (
+                self._load.get(first, 0) + load <= cap
+                if first == math.ceil(batch.ts_max / w) * w else self._rows + n <= cap) \
                 and (self._instances.issuperset(instances) or self._fits(instances)):
-            # the usual case: no sample can be late or over a bound, whatever the order
+            # the usual case: no sample can be late or over a bound
             self._store(batch.ts, instances, batch.names, batch.values, batch.labels,
-                        batch.capacity, batch.dense, batch.ts_min, batch.ts_max)
+                        batch.capacity, batch.dense, batch.ts_min, batch.ts_max, load)
             if batch.ts_max > self._max_ts:
                 self._max_ts = batch.ts_max
             self._wm = high
@@ -188,10 +197,12 @@ class AppWindows:
         accepted, late_rows, dropped_rows = self._admit(batch)
         if accepted:
             ts = batch.ts[accepted]
-            self._store(ts, tuple(instances[i] for i in accepted), batch.names,
-                        batch.values[accepted], tuple(batch.labels[i] for i in accepted),
+            kept = tuple(instances[i] for i in accepted)
+            self._store(ts, kept, batch.names, batch.values[accepted],
+                        tuple(batch.labels[i] for i in accepted),
                         tuple(batch.capacity[i] for i in accepted), batch.dense,
-                        float(ts.min()), float(ts.max()))
+                        float(ts.min()), float(ts.max()),
+                        1 if len(set(kept)) == len(kept) else len(kept))
         late = batch.samples(late_rows) if late_rows else []
         dropped = batch.samples(dropped_rows) if dropped_rows else []
         self.late_total += len(late)
@@ -231,13 +242,14 @@ class AppWindows:
     def _store(self, ts: np.ndarray, instance: tuple[str, ...], names: tuple[str, ...],
                values: np.ndarray, labels: tuple[dict[str, str] | None, ...],
                capacity: tuple[dict[str, float] | None, ...], dense: bool, ts_min: float,
-               ts_max: float) -> None:
+               ts_max: float, load: int) -> None:
         w = self.window_s
         first, last = math.ceil(ts_min / w) * w, math.ceil(ts_max / w) * w
-        regular = dense and ts_min == ts_max and len(set(instance)) == len(instance)
-        self._stored.append(_Rows(ts, instance, names, values, labels, capacity, dense,
-                                  regular, ts_min, first, last))
+        rows = _Rows(ts, instance, names, values, labels, capacity, dense,
+                     dense and ts_min == ts_max and load == 1, ts_min, first, last, load)
+        self._stored.append(rows)
         self._rows += len(instance)
+        _add_load(self._load, rows, w)
         self._instances.update(instance)
         if first < self._first_end:
             self._first_end = first
@@ -312,13 +324,15 @@ class AppWindows:
         else:
             out, left = self._close_rows()
         self._stored = left
+        self._load = {}
+        self._rows = sum([len(r.instance) for r in left])
         if left:
-            self._rows = sum([len(r.instance) for r in left])
+            for r in left:
+                _add_load(self._load, r, self.window_s)
             self._instances = set(chain.from_iterable([r.instance for r in left]))
             self._first_end = min([r.first_end for r in left])
             self._last_end = max([r.last_end for r in left])
         else:
-            self._rows = 0
             self._instances = set()
             self._first_end, self._last_end = math.inf, -math.inf
         return out
@@ -407,8 +421,18 @@ class AppWindows:
                 left.append(_Rows(kept_ts, tuple(r.instance[i] for i in keep), r.names,
                                   r.values[keep], tuple(r.labels[i] for i in keep),
                                   tuple(r.capacity[i] for i in keep), r.dense, False, low,
-                                  math.ceil(low / w) * w, math.ceil(high / w) * w))
+                                  math.ceil(low / w) * w, math.ceil(high / w) * w,
+                                  min(r.load, len(keep))))
         return out, left
+
+
+def _add_load(load: dict[float, int], rows: _Rows, w: float) -> None:
+    """Count ``rows`` against the windows they are in (``AppWindows._load``)."""
+    if rows.first_end == rows.last_end:
+        load[rows.first_end] = load.get(rows.first_end, 0) + rows.load
+    else:  # rows spread over windows (rare): each window's share is at most all of them
+        for end in set((np.ceil(rows.ts / w) * w).tolist()):
+            load[end] = load.get(end, 0) + rows.load
 
 
 def _time_of(rows: _Rows) -> float:

@@ -387,3 +387,29 @@ def test_bounds_hold_inside_one_batch() -> None:
     one = AppWindows(60.0, 0.0, max_instances=2, max_window_samples=2)
     assert [s for x in batch.to_samples() for s in one.add(x).dropped] == out.dropped
     assert [(f.instance, f.n) for f in w.flush()] == [("i0", 2), ("i1", 2)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([1.0, 5.0, 10.0]), st.integers(1, 12),
+       st.integers(1, 3), st.integers(1, 8))
+def test_bounds_in_batches_give_what_samples_one_by_one_give(seed: int, interval: float,
+                                                              cap: int, max_instances: int,
+                                                              instances: int) -> None:
+    rng = random.Random(seed)
+    batches = agent_batches(rng, 60, instances, interval, ragged=rng.random() < 0.5)
+    a = AppWindows(60.0, 30.0, max_instances=max_instances, max_window_samples=cap)
+    b = AppWindows(60.0, 30.0, max_instances=max_instances, max_window_samples=cap)
+    got: tuple[list, list, list] = ([], [], [])
+    want: tuple[list, list, list] = ([], [], [])
+    for batch in batches:
+        out = a.add_many(batch)
+        for kept, more in zip(got, (out.closed, out.late, out.dropped), strict=True):
+            kept += more
+        for s in batch.to_samples():
+            one = b.add(s)
+            for kept, more in zip(want, (one.closed, one.late, one.dropped), strict=True):
+                kept += more
+    got[0].extend(a.flush())
+    want[0].extend(b.flush())
+    assert got == want
+    assert (a.late_total, a.dropped_total) == (b.late_total, b.dropped_total)
