@@ -14,7 +14,10 @@ Prints each figure on its own line as ``name: value``:
   state_bytes_per_app    bytes of state per app, all stages (an app's snapshot in the instance
                          stage plus its share of the fleet stage's), pickled
 
-Usage: .venv/bin/python benchmarks/throughput.py [--apps 500] [--minutes 120]
+With ``--repeat N`` the raw and flow rates are measured N times each, alternately, and their
+medians printed: on a shared machine one run says little.
+
+Usage: .venv/bin/python benchmarks/throughput.py [--apps 500] [--minutes 120] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import pickle
+import statistics
 import time
 from collections import Counter
 from typing import Any
@@ -112,7 +116,7 @@ class _WindowsOnly(InstanceLogic):
         super().__init__(config, metrics, 86_400.0, resume)
 
     def on_item(self, value: Any) -> tuple[list[Any], bool]:
-        out = self.stage.state.windows.add_many(value.samples)
+        out = self.stage.state.windows.add_many(value)
         return list(out.closed), False
 
 
@@ -190,6 +194,8 @@ def main() -> None:
                         help="seconds between an agent's samples (windows are 60 s)")
     parser.add_argument("--stage-apps", type=int, default=200)
     parser.add_argument("--stage-minutes", type=float, default=24 * 60)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of raw and flow each; their medians are printed")
     args = parser.parse_args()
     topics = ["bench.metrics", "bench.deploys", "bench.allocations", "bench.anomalies",
               "bench.deadletter"]
@@ -199,11 +205,17 @@ def main() -> None:
         samples, messages = produce(settings, args.apps, args.minutes, args.interval)
         print(f"topic: {samples:,} samples in {messages:,} messages ({args.apps} apps, "
               f"{args.minutes:.0f} min of event time, a sample every {args.interval:.0f} s)")
-        raw = raw_rate(settings, samples)
+        raws, flows = [], []
+        for _ in range(max(1, args.repeat)):
+            raws.append(raw_rate(settings, samples))
+            flows.append(flow_rate(settings, samples))
+        raw, flow = statistics.median(raws), statistics.median(flows)
         print(f"raw_samples_per_s: {raw:.0f}")
-        flow = flow_rate(settings, samples)
         print(f"flow_samples_per_s: {flow:.0f}")
         print(f"flow_share_of_raw: {flow / raw:.3f}")
+        if len(raws) > 1:
+            print(f"runs: raw {', '.join(f'{r:,.0f}' for r in raws)}; "
+                  f"flow {', '.join(f'{r:,.0f}' for r in flows)}")
         one, closed = whole_flow_rate(settings, 1)
         print(f"windows_per_s_1proc: {one:.0f}")
         two, closed2 = whole_flow_rate(settings, 2)

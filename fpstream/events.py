@@ -17,8 +17,10 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from operator import itemgetter
 from typing import Any, Literal, TypeAlias
 
+import numpy as np
 import orjson
 
 SCHEMA_VERSION = 1
@@ -217,21 +219,35 @@ def decode_message(
     ``kind`` is what the topic carries; ``None`` infers it per object (a ``metrics`` field
     means a sample, a ``requested`` field a deploy request).
     """
+    doc, error = parse_message(raw, limits)
+    if error is not None:
+        return Decoded([], [error])
+    return decode_document(doc, kind, limits)
+
+
+def parse_message(raw: bytes | bytearray | memoryview | str | None, limits: Limits = DEFAULT_LIMITS
+                  ) -> tuple[Any, DecodeError | None]:
+    """The JSON document of a message, or why it has none (too large, not JSON)."""
     if raw is None:
-        return Decoded([], [DecodeError("malformed_json", "message has no value")])
+        return None, DecodeError("malformed_json", "message has no value")
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogatepass")
     if len(raw) > limits.max_message_bytes:
         detail = f"message is {len(raw)} bytes, the limit is {limits.max_message_bytes}"
-        return Decoded([], [DecodeError("too_large", detail)])
+        return None, DecodeError("too_large", detail)
     try:
-        doc = orjson.loads(raw)
+        return orjson.loads(raw), None
     except orjson.JSONDecodeError as ex:
         # NaN, Infinity and overflowing literals are what agents emit for a broken gauge;
         # naming them helps more than "malformed".
         if "infinity" in str(ex) or _NON_FINITE_TOKEN.search(raw):
-            return Decoded([], [DecodeError("non_finite", _short(str(ex)))])
-        return Decoded([], [DecodeError("malformed_json", _short(str(ex)))])
+            return None, DecodeError("non_finite", _short(str(ex)))
+        return None, DecodeError("malformed_json", _short(str(ex)))
+
+
+def decode_document(doc: Any, kind: Kind | None = None, limits: Limits = DEFAULT_LIMITS
+                    ) -> Decoded:
+    """``decode_message`` after parsing: the events of a JSON document, object by object."""
     if isinstance(doc, list):
         if not doc:
             return Decoded([], [DecodeError("not_object", "empty array holds no event")])
@@ -250,6 +266,163 @@ def decode_message(
         return Decoded([_parse_object(doc, kind, limits)], [])
     except _Invalid as ex:
         return Decoded([], [DecodeError(ex.reason, ex.detail)])
+
+
+@dataclass(slots=True)
+class SampleColumns:
+    """The samples of one message as columns (``decode_columns``): row ``i`` is object ``i``.
+
+    ``values`` is ``(rows, len(names))`` float64; ``labels`` and ``capacity`` are the
+    objects' own (``None`` when absent), numbers as sent. One per message, on the way to a
+    ``SampleBatch``: not frozen, which would cost more than the rest of its making.
+    """
+
+    ts: list[float]
+    app: list[str]
+    instance: list[str]
+    names: tuple[str, ...]
+    values: np.ndarray
+    labels: list[dict[str, str] | None]
+    capacity: list[dict[str, float] | None]
+
+
+def decode_columns(doc: Any, limits: Limits = DEFAULT_LIMITS) -> SampleColumns | None:
+    """The common case of a metrics message at speed: every object a valid sample, all with
+    the same metric names in the same order (an agent's batch).
+
+    The samples as columns; ``None`` whenever anything is unusual, wrong or not, and then
+    ``decode_document`` gives the verdict. So this path only ever accepts what
+    ``decode_document(doc, "metric", limits)`` accepts, with the same values: every rule is
+    checked once per message where it can be (names, number types, bounds), per object
+    where it cannot (ids, times, labels, capacity).
+    """
+    objs = doc if type(doc) is list else [doc]
+    if not 0 < len(objs) <= limits.max_batch or type(objs[0]) is not dict:
+        return None
+    first = objs[0].get("metrics")
+    if type(first) is not dict:
+        return None
+    names = tuple(first)
+    if not 0 < len(names) <= limits.max_metrics:
+        return None
+    cpu = _NAME_TUPLES.get(names)
+    if cpu is None:
+        if not all(map(METRIC_NAME_PATTERN.fullmatch, names)):
+            return None
+        cpu = names.index("cpu_cores") if "cpu_cores" in names else -1
+        if len(_NAME_TUPLES) >= _REMEMBER_MAX:
+            _NAME_TUPLES.clear()
+        _NAME_TUPLES[names] = cpu
+    max_id = limits.max_id_len
+    ids = _GOOD_IDS
+    ts_col: list[float] = []
+    apps: list[str] = []
+    instances: list[str] = []
+    labels_col: list[dict[str, str] | None] = []
+    capacity_col: list[dict[str, float] | None] = []
+    flat: list[float] = []
+    checked_labels: object = None
+    checked_capacity: object = None
+    app0: object = _REQUIRED  # no app yet: nothing compares equal to this
+    for obj in objs:
+        if type(obj) is not dict:
+            return None
+        try:
+            ts, app, instance, metrics = _REQUIRED(obj)
+        except KeyError:
+            return None
+        if type(metrics) is not dict or tuple(metrics) != names:
+            return None
+        get = obj.get
+        v = get("v", SCHEMA_VERSION)
+        interval = get("interval_s", 60.0)
+        if (type(v) is not int or v != SCHEMA_VERSION
+                or (type(ts) is not float and type(ts) is not int) or not TS_MIN <= ts < TS_MAX
+                or (type(interval) is not float and type(interval) is not int)
+                or not 0.0 < interval <= MAX_INTERVAL_S
+                or type(instance) is not str):
+            return None
+        if app != app0:  # one app per message, as a rule
+            if type(app) is not str or ((app not in ids or len(app) > max_id)
+                                        and not _good_id(app, max_id)):
+                return None
+            app0 = app
+        if (instance not in ids or len(instance) > max_id) and not _good_id(instance, max_id):
+            return None
+        labels = get("labels")
+        if labels is not None and labels != checked_labels:
+            if not _labels_ok(labels, limits):
+                return None
+            checked_labels = labels
+        capacity = get("capacity")
+        if capacity is not None:
+            if capacity != checked_capacity:
+                if not _capacity_ok(capacity, limits):
+                    return None
+                checked_capacity = capacity
+            for key, limit in capacity.items():
+                # a value of another type fails the message's type check below
+                value = metrics.get(key)
+                if (type(value) is float or type(value) is int) and limit > 0 \
+                        and float(value) > CAPACITY_MULTIPLE * float(limit):
+                    return None
+        ts_col.append(ts)
+        apps.append(app)
+        instances.append(instance)
+        labels_col.append(labels)
+        capacity_col.append(capacity)
+        flat.extend(metrics.values())
+    # Bounds: every metric's bound is at least MAX_RATE except cpu_cores' (``metric_bound``).
+    if not _NUMBER_TYPES.issuperset(map(type, flat)) or min(flat) < 0 or max(flat) > MAX_RATE \
+            or (cpu >= 0 and max(flat[cpu :: len(names)]) > MAX_CORES):
+        return None
+    values = np.array(flat, dtype=np.float64).reshape(len(objs), len(names))
+    return SampleColumns(ts_col, apps, instances, names, values, labels_col, capacity_col)
+
+
+_REQUIRED = itemgetter("ts", "app", "instance", "metrics")
+#: JSON numbers as orjson gives them (``bool`` is not one of them, though a subclass of int).
+_NUMBER_TYPES = frozenset((int, float))
+# Metric-name tuples whose names all passed the pattern -> position of cpu_cores (or -1).
+_NAME_TUPLES: dict[tuple[str, ...], int] = {}
+
+
+def _labels_ok(labels: object, limits: Limits) -> bool:
+    if type(labels) is not dict or len(labels) > limits.max_labels:
+        return False
+    max_key = limits.max_id_len
+    for key, value in labels.items():
+        if type(value) is not str or len(key) > max_key or len(value) > MAX_LABEL_VALUE_LEN:
+            return False
+    return True
+
+
+def _capacity_ok(capacity: object, limits: Limits) -> bool:
+    """The capacity's own rules; the usage it bounds is checked by the caller."""
+    if type(capacity) is not dict or len(capacity) > limits.max_metrics:
+        return False
+    for key, limit in capacity.items():
+        if type(limit) is not float and type(limit) is not int:
+            return False
+        if not 0.0 <= float(limit) <= metric_bound(key):
+            return False
+        if key not in _GOOD_NAMES:
+            if not METRIC_NAME_PATTERN.fullmatch(key):
+                return False
+            _remember(_GOOD_NAMES, key)
+    return True
+
+
+def sample_of(obj: dict[str, Any]) -> MetricSample:
+    """The ``MetricSample`` of an object that ``decode_columns`` or ``decode_document``
+    accepted, built again (for a dead letter of a sample refused later on)."""
+    return MetricSample(
+        float(obj["ts"]), obj["app"], obj["instance"],
+        {k: float(v) for k, v in obj["metrics"].items()},
+        float(obj.get("interval_s", 60.0)),
+        obj.get("labels") or {},
+        {k: float(v) for k, v in (obj.get("capacity") or {}).items()},
+    )
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -333,16 +506,22 @@ def _ident(obj: dict[str, Any], name: str, limits: Limits) -> str:
     value = obj[name]
     if not isinstance(value, str):
         raise _Invalid("bad_type", f"'{name}' must be a string, got {_json_type(value)}")
-    if value in _GOOD_IDS and len(value) <= limits.max_id_len:
+    if (value in _GOOD_IDS and len(value) <= limits.max_id_len) or \
+            _good_id(value, limits.max_id_len):
         return value
-    if not 1 <= len(value) <= limits.max_id_len or not ID_PATTERN.fullmatch(value):
-        detail = (
-            f"'{name}' must match {ID_RULE.format(n=limits.max_id_len)}, "
-            f"got {_short(repr(value), 80)}"
-        )
-        raise _Invalid("bad_id", detail)
+    detail = (
+        f"'{name}' must match {ID_RULE.format(n=limits.max_id_len)}, "
+        f"got {_short(repr(value), 80)}"
+    )
+    raise _Invalid("bad_id", detail)
+
+
+def _good_id(value: str, max_len: int) -> bool:
+    """``value`` follows the id grammar (and is remembered if so)."""
+    if not 1 <= len(value) <= max_len or not ID_PATTERN.fullmatch(value):
+        return False
     _remember(_GOOD_IDS, value)
-    return value
+    return True
 
 
 # Names and ids repeat in every message: remember the ones that passed the pattern, boundedly.

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import math
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import orjson
 
 from fpstream.events import (
@@ -16,8 +18,12 @@ from fpstream.events import (
     Kind,
     Limits,
     MetricSample,
-    decode_message,
+    SampleColumns,
+    decode_columns,
+    decode_document,
     encode,
+    parse_message,
+    sample_of,
 )
 
 
@@ -43,13 +49,80 @@ class RawMessage:
     value: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class SampleBatch:
-    """The samples of one app from one message: the unit the window step consumes."""
+    """The samples of one app from one message, as columns: the unit the window step consumes.
+
+    Row ``i`` is one sample, in message order: event time ``ts[i]``, ``instance[i]``, metric
+    values ``values[i]`` over ``names`` (NaN where the sample lacks that metric; ``dense``
+    when no row lacks any), and the sample's own ``labels[i]`` and ``capacity[i]`` dicts as
+    sent (``None`` when absent). No object per sample: ``samples(rows)`` builds them again, from
+    ``source`` (the message, or the samples the batch was made of), for a dead letter.
+
+    Read-only, like an event; not frozen only because one is made per message, and a frozen
+    dataclass costs five times as much to make.
+    """
 
     app: str
-    samples: list[MetricSample]
     origin: Origin
+    ts: np.ndarray
+    instance: tuple[str, ...]
+    names: tuple[str, ...]
+    values: np.ndarray
+    labels: tuple[dict[str, str] | None, ...]
+    capacity: tuple[dict[str, float] | None, ...]
+    ts_min: float
+    ts_max: float
+    dense: bool
+    source: bytes | tuple[MetricSample, ...]
+    #: The index of each row's object in the message's array (``None``: row ``i`` is object
+    #: ``i``, or the message is one object).
+    positions: tuple[int, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.instance)
+
+    def samples(self, rows: Iterable[int]) -> list[MetricSample]:
+        """Rows as the ``MetricSample``s the decoder would give for them (the message is
+        parsed once, however many rows)."""
+        if isinstance(self.source, tuple):
+            return [self.source[i] for i in rows]
+        doc = orjson.loads(self.source)
+        if type(doc) is dict:
+            return [sample_of(doc) for _ in rows]
+        at = self.positions
+        return [sample_of(doc[i if at is None else at[i]]) for i in rows]
+
+    def to_samples(self) -> list[MetricSample]:
+        return self.samples(range(len(self)))
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[MetricSample], origin: Origin | None = None
+                     ) -> SampleBatch:
+        """A batch of ``samples`` (all of one app, at least one), in their order."""
+        if not samples:
+            raise ValueError("a batch holds at least one sample")
+        app = samples[0].app
+        if any(s.app != app for s in samples):
+            msg = f"a batch holds one app's samples, got {sorted({s.app for s in samples})}"
+            raise ValueError(msg)
+        names = tuple(samples[0].metrics)
+        dense = all(tuple(s.metrics) == names for s in samples)
+        if dense:
+            values = np.array([list(s.metrics.values()) for s in samples], dtype=np.float64)
+            values = values.reshape(len(samples), len(names))
+        else:
+            names = tuple(dict.fromkeys(name for s in samples for name in s.metrics))
+            index = {name: j for j, name in enumerate(names)}
+            values = np.full((len(samples), len(names)), np.nan)
+            for r, s in enumerate(samples):
+                for name, value in s.metrics.items():
+                    values[r, index[name]] = value
+        ts = [s.ts for s in samples]
+        return cls(app, origin or Origin(None, None, None), np.array(ts, dtype=np.float64),
+                   tuple(s.instance for s in samples), names, values,
+                   tuple(s.labels for s in samples), tuple(s.capacity for s in samples),
+                   min(ts), max(ts), dense, tuple(samples))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +191,21 @@ def decode_raw(msg: RawMessage, kind: Kind, limits: Limits, max_future_s: float 
     none) is refused as ``future``: one such event would otherwise move its app's event clock
     far ahead and make every later sample of the app late. Samples are grouped per app so that
     downstream work is per batch, not per sample.
+
+    A metrics message whose objects all pass and share one shape (``decode_columns``) becomes
+    columns directly; any other goes object by object, with the same verdicts.
     """
-    result = decode_message(msg.value, kind, limits)
-    out: list[Decoded] = [_refused(msg, err) for err in result.errors]
+    doc, error = parse_message(msg.value, limits)
+    if error is not None:
+        return [_refused(msg, error)]
     reference = msg.origin.ts if msg.origin.ts > 0 else now
+    if kind == "metric":
+        columns = decode_columns(doc, limits)
+        if columns is not None and (reference is None
+                                    or max(columns.ts) <= reference + max_future_s):
+            return _batches(msg, columns)
+    result = decode_document(doc, kind, limits)
+    out: list[Decoded] = [_refused(msg, err) for err in result.errors]
     events = result.events
     if reference is not None:
         horizon = reference + max_future_s
@@ -136,7 +220,31 @@ def decode_raw(msg: RawMessage, kind: Kind, limits: Limits, max_future_s: float 
     for event in events:
         assert isinstance(event, MetricSample)
         by_app.setdefault(event.app, []).append(event)
-    out.extend(SampleBatch(app, samples, msg.origin) for app, samples in by_app.items())
+    out.extend(SampleBatch.from_samples(samples, msg.origin) for samples in by_app.values())
+    return out
+
+
+def _batches(msg: RawMessage, columns: SampleColumns) -> list[Decoded]:
+    apps = columns.app
+    app = apps[0]
+    source = bytes(msg.value or b"")
+    if apps.count(app) == len(apps):  # a message is one app's, as a rule
+        ts = columns.ts
+        return [SampleBatch(app, msg.origin, np.array(ts, dtype=np.float64),
+                            tuple(columns.instance), columns.names, columns.values,
+                            tuple(columns.labels), tuple(columns.capacity), float(min(ts)),
+                            float(max(ts)), True, source)]
+    rows_of: dict[str, list[int]] = {}
+    for i, name in enumerate(apps):
+        rows_of.setdefault(name, []).append(i)
+    out: list[Decoded] = []
+    for name, rows in rows_of.items():
+        ts = [columns.ts[i] for i in rows]
+        out.append(SampleBatch(
+            name, msg.origin, np.array(ts, dtype=np.float64),
+            tuple(columns.instance[i] for i in rows), columns.names, columns.values[rows],
+            tuple(columns.labels[i] for i in rows), tuple(columns.capacity[i] for i in rows),
+            float(min(ts)), float(max(ts)), True, source, tuple(rows)))
     return out
 
 
@@ -170,7 +278,7 @@ class ProgressTracker:
 
     def observe(self, origin: Origin, batches: list[SampleBatch]) -> list[Marker | Evict]:
         out: list[Marker | Evict] = []
-        newest = self.newest.get(origin.source, -math.inf)
+        newest = -math.inf
         apps = self.apps
         new: list[SampleBatch] = []
         for batch in batches:  # the message's known apps first, so none of them is evicted
@@ -178,10 +286,11 @@ class ProgressTracker:
                 apps.move_to_end(batch.app)
             else:
                 new.append(batch)
-            newest = max(newest, max(s.ts for s in batch.samples))
+            if batch.ts_max > newest:
+                newest = batch.ts_max
         for batch in new:
             apps[batch.app] = None
-            out.append(AppSeen(batch.app, min(s.ts for s in batch.samples)))
+            out.append(AppSeen(batch.app, batch.ts_min))
             if len(apps) > self.max_apps:
                 out.append(Evict(apps.popitem(last=False)[0]))
         out.extend(self.advance(origin, newest))
@@ -189,11 +298,12 @@ class ProgressTracker:
 
     def advance(self, origin: Origin, newest: float) -> list[Marker | Evict]:
         """The partition of ``origin`` has been read up to event time ``newest``."""
-        newest = max(newest, self.newest.get(origin.source, -math.inf))
-        self.newest[origin.source] = newest
-        if newest - self.sent.get(origin.source, -math.inf) >= self.step_s:
-            self.sent[origin.source] = newest
-            return [Progress(origin.source, newest - self.lateness_s)]
+        source = origin.source
+        newest = max(newest, self.newest.get(source, -math.inf))
+        self.newest[source] = newest
+        if newest - self.sent.get(source, -math.inf) >= self.step_s:
+            self.sent[source] = newest
+            return [Progress(source, newest - self.lateness_s)]
         return []
 
 

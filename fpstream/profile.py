@@ -6,10 +6,11 @@ predictor. Size is fixed whatever the traffic: a ring of ``history_buckets`` buc
 float32 per-resource peaks and means, a feature vector, and per instance a tiny ring of recent
 peaks. Everything is indexed by event time, so a replay gives the same snapshots.
 
->>> from fpstream.features import WindowFeatures
+>>> from fpstream.features import WindowFeatures, feature_vector
 >>> p = AppProfile()
->>> wf = WindowFeatures("a", "i", 0.0, 60.0, 1, {"cpu_cores.max": 2.0}, {"cpu_cores": 2.0},
-...                     {"cpu_cores": 2.0}, {}, {})
+>>> peak = np.array([2.0, 0, 0, 0, 0, 0])
+>>> wf = WindowFeatures("a", "i", 0.0, 60.0, 1, feature_vector({"cpu_cores.max": 2.0}), peak,
+...                     peak, {}, {})
 >>> snap = p.update(wf)
 >>> float(snap.smoothed[FEATURE_INDEX["cpu_cores.max"]]), snap.recent_peak["cpu_cores"]
 (2.0, 2.0)
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fpstream.events import RESOURCES
-from fpstream.features import FEATURE_INDEX, WindowFeatures, feature_vector
+from fpstream.features import FEATURE_INDEX, WindowFeatures
 
 HOUR = 3600.0
 DAY = 86_400.0
@@ -188,7 +189,7 @@ class AppProfile:
         elif wf.app != self.app:
             msg = f"AppProfile holds app {self.app!r}, got a window of {wf.app!r}"
             raise ValueError(msg)
-        x = feature_vector(wf.features)
+        x = np.array(wf.features, dtype=np.float64)  # a copy: the window's stays as it is
         if self._smoothed is None:
             self._smoothed = x
         else:
@@ -196,8 +197,8 @@ class AppProfile:
             x *= self.alpha
             self._smoothed += x
         self.windows += 1
-        peak = [wf.peak.get(r, 0.0) for r in RESOURCES]
-        mean = [wf.mean.get(r, 0.0) for r in RESOURCES]
+        peak = wf.peak.tolist()
+        mean = wf.mean.tolist()
         self._learn_bucket(math.floor(wf.start / self.bucket_s), peak, mean, wf.end)
         if wf.end > self._max_end:
             self._max_end = wf.end

@@ -23,16 +23,17 @@ than the allowed lateness has its samples counted late, as a lagging Kafka parti
 from __future__ import annotations
 
 import math
-from array import array
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import chain, repeat
 
 import numpy as np
 
-from fpstream.events import MetricSample
-from fpstream.features import WindowFeatures, WindowMeta, features_batch, features_from_matrix
-
-_NAN = float("nan")
+from fpstream.events import RESOURCES, MetricSample
+from fpstream.features import COLUMNS, FEATURE_ORDER, WindowFeatures, featurise
+from fpstream.ingest import SampleBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,48 +49,36 @@ class WindowsOut:
     dropped: list[MetricSample] = field(default_factory=list)
 
 
-class _Bucket:
-    """The open window of one instance: metric values row-major in one ``array('d')``.
+@dataclass(slots=True)
+class _Rows:
+    """Rows stored for open windows: a batch's columns, or what a close left of them.
 
-    Keeping floats unboxed and contiguous costs one C-level ``extend`` per sample and turns
-    into a numpy matrix at close without copying. Rows of samples that lack a metric hold NaN.
+    ``regular`` rows (the usual batch: one sample per instance, all at one event time) are
+    all in one window and need no sorting; ``first_end`` and ``last_end`` bound the ends of
+    the windows the rows are in; ``load`` is the most samples the rows can add to one
+    instance's window (1 when no instance repeats).
     """
 
-    __slots__ = ("names", "values", "n", "last_ts", "labels", "capacity", "ragged")
-
-    def __init__(self, names: tuple[str, ...]) -> None:
-        self.names = names
-        self.values = array("d")
-        self.n = 0
-        self.last_ts = -math.inf
-        self.labels: dict[str, str] = {}
-        self.capacity: dict[str, float] = {}
-        self.ragged = False
-
-    def add_other(self, metrics: dict[str, float]) -> None:
-        """Append a sample whose metric names differ from the window's (rare, slow)."""
-        index = {name: j for j, name in enumerate(self.names)}
-        new = [name for name in metrics if name not in index]
-        if new:
-            k = len(self.names)
-            widened = array("d")
-            pad = [_NAN] * len(new)
-            for r in range(self.n):
-                widened.extend(self.values[r * k : (r + 1) * k])
-                widened.extend(pad)
-            self.values = widened
-            for name in new:
-                index[name] = len(index)
-            self.names = self.names + tuple(new)
-        row = [_NAN] * len(self.names)
-        for name, value in metrics.items():
-            row[index[name]] = value
-        self.values.extend(row)
-        self.ragged = True
+    ts: np.ndarray
+    instance: tuple[str, ...]
+    names: tuple[str, ...]
+    values: np.ndarray
+    labels: tuple[dict[str, str] | None, ...]
+    capacity: tuple[dict[str, float] | None, ...]
+    dense: bool
+    regular: bool
+    first_ts: float
+    first_end: float
+    last_end: float
+    load: int
 
 
 class AppWindows:
     """The window state of one app (all its instances); the flow keeps one per app key.
+
+    Samples arrive in batches (``SampleBatch``) and are stored as they came, columns and all:
+    no work per sample until their windows close, when the closing windows of every instance
+    are grouped and featurised together (``features.featurise``).
 
     Memory is bounded: an instance holds samples only for its open windows, and at most
     ``ceil(allowed_lateness_s / window_s) + 1`` windows are open at once. At most
@@ -127,10 +116,13 @@ class AppWindows:
         self.dropped_total = 0
         self._max_ts = -math.inf
         self._wm = -math.inf
-        # window index (start / window_s) -> instance -> bucket
-        self._open: dict[int, dict[str, _Bucket]] = {}
-        self._next_end = math.inf  # end of the earliest open window
-        self._open_per_instance: dict[str, int] = {}
+        self._stored: list[_Rows] = []  # the samples of the open windows, in arrival order
+        # per open window (its end), a bound on the samples of any one instance in it
+        self._load: dict[float, int] = {}
+        self._rows = 0  # samples stored, a bound for batches over several windows
+        self._instances: set[str] = set()  # instances with an open window
+        self._first_end = math.inf  # ends of the earliest and latest open windows
+        self._last_end = -math.inf
 
     @property
     def watermark(self) -> float:
@@ -150,82 +142,82 @@ class AppWindows:
     @property
     def open_windows(self) -> int:
         """Open (instance, window) pairs: what this state holds samples for."""
-        return sum(len(per) for per in self._open.values())
+        return sum(self.open_per_instance.values())
+
+    @property
+    def open_per_instance(self) -> dict[str, int]:
+        """Open windows of each instance that has any."""
+        w = self.window_s
+        pairs = {(inst, end) for rows in self._stored
+                 for inst, end in zip(rows.instance, np.ceil(rows.ts / w).tolist(), strict=True)}
+        return dict(Counter(inst for inst, _ in pairs))
 
     def add(self, sample: MetricSample) -> WindowsOut:
         """Add one sample; see ``add_many``."""
         return self.add_many((sample,))
 
-    def add_many(self, samples: Iterable[MetricSample]) -> WindowsOut:
+    def add_many(self, batch: SampleBatch | Iterable[MetricSample]) -> WindowsOut:
         """Add samples in arrival order; return the windows they closed and those refused.
 
-        Windows closed anywhere in the batch are featurised together at the end, so a batch
-        costs numpy calls per distinct window shape, not per window.
+        ``batch`` is what the decoder gives (``SampleBatch``), or samples of this app. Windows
+        closed anywhere in the batch are featurised together at the end.
         """
-        if not isinstance(samples, list | tuple):
-            samples = list(samples)
-        self._check_app(samples)  # before any change: a refused batch leaves no trace
+        if not isinstance(batch, SampleBatch):
+            samples = list(batch)
+            if not samples:
+                return WindowsOut([])
+            for s in samples:  # before any change: a refused batch leaves no trace
+                self._check_app(s.app)
+            batch = SampleBatch.from_samples(samples)
+        if batch.app != self.app:
+            self._check_app(batch.app)
+            self.app = batch.app
+        n = len(batch.instance)
+        if n == 0:
+            return WindowsOut([])
         w = self.window_s
-        lateness = self.allowed_lateness_s
+        high = batch.ts_max - self.allowed_lateness_s
+        if high < self._wm:
+            high = self._wm
+        instances = batch.instance
+        first = math.ceil(batch.ts_min / w) * w
+        load = 1 if len(set(instances)) == n else n
         cap = self.max_window_samples
-        wm = self._wm
-        max_ts = self._max_ts
-        opened = self._open
-        counts = self._open_per_instance
-        late: list[MetricSample] = []
-        dropped: list[MetricSample] = []
-        pending: list[tuple[int, str, _Bucket]] = []
-        for s in samples:
-            ts = s.ts
-            idx = math.ceil(ts / w) - 1  # (start, end]: a boundary ts ends its window
-            if (idx + 1) * w <= wm:
-                late.append(s)
-                continue
-            per = opened.get(idx)
-            bucket = None if per is None else per.get(s.instance)
-            if bucket is None:
-                inst = s.instance
-                if inst not in counts and len(counts) >= self.max_instances:
-                    dropped.append(s)
-                    continue
-                if per is None:
-                    per = opened[idx] = {}
-                    self._next_end = min(self._next_end, (idx + 1) * w)
-                bucket = per[inst] = _Bucket(tuple(s.metrics))
-                counts[inst] = counts.get(inst, 0) + 1
-            elif bucket.n >= cap:
-                dropped.append(s)
-                continue
-            metrics = s.metrics
-            if tuple(metrics) == bucket.names:
-                bucket.values.extend(metrics.values())
-            else:
-                bucket.add_other(metrics)
-            bucket.n += 1
-            if ts >= bucket.last_ts:
-                bucket.last_ts = ts
-                bucket.labels = s.labels
-                bucket.capacity = s.capacity
-            if ts > max_ts:
-                max_ts = ts
-                if ts - lateness > wm:
-                    wm = ts - lateness
-                    if self._next_end <= wm:
-                        self._pop_closed(wm, pending)
-        self._wm = wm
-        self._max_ts = max_ts
+        if first > high and (
+                self._load.get(first, 0) + load <= cap
+                if first == math.ceil(batch.ts_max / w) * w else self._rows + n <= cap) \
+                and (self._instances.issuperset(instances) or self._fits(instances)):
+            # the usual case: no sample can be late or over a bound
+            self._store(batch.ts, instances, batch.names, batch.values, batch.labels,
+                        batch.capacity, batch.dense, batch.ts_min, batch.ts_max, load)
+            if batch.ts_max > self._max_ts:
+                self._max_ts = batch.ts_max
+            self._wm = high
+            return WindowsOut(self._close() if self._first_end <= high else [])
+        accepted, late_rows, dropped_rows = self._admit(batch)
+        if accepted:
+            ts = batch.ts[accepted]
+            kept = tuple(instances[i] for i in accepted)
+            self._store(ts, kept, batch.names, batch.values[accepted],
+                        tuple(batch.labels[i] for i in accepted),
+                        tuple(batch.capacity[i] for i in accepted), batch.dense,
+                        float(ts.min()), float(ts.max()),
+                        1 if len(set(kept)) == len(kept) else len(kept))
+        late = batch.samples(late_rows) if late_rows else []
+        dropped = batch.samples(dropped_rows) if dropped_rows else []
         self.late_total += len(late)
         self.dropped_total += len(dropped)
-        return WindowsOut(self._featurise(pending), late, dropped)
+        closed = self._close() if self._first_end <= self._wm else []
+        return WindowsOut(closed, late, dropped)
 
     def advance(self, ts: float) -> list[WindowFeatures]:
         """Move the watermark as if event time ``ts`` was seen (e.g. the flow's clock), so a
         quiet app's last windows close without waiting for its next sample."""
-        pending: list[tuple[int, str, _Bucket]] = []
         if ts - self.allowed_lateness_s > self._wm:
             self._wm = ts - self.allowed_lateness_s
-            self._pop_closed(self._wm, pending)
-        return self._featurise(pending)
+            if self._first_end <= self._wm:
+                return self._close()
+        return []
 
     def flush(self) -> list[WindowFeatures]:
         """Close every open window (end of stream, or an idle app about to expire).
@@ -233,61 +225,279 @@ class AppWindows:
         The watermark moves to the last closed end, so a later sample for a flushed window is
         late rather than a second window with the same bounds.
         """
-        pending: list[tuple[int, str, _Bucket]] = []
-        if self._open:
-            last = max(self._open)
-            self._wm = max(self._wm, (last + 1) * self.window_s)
-            self._pop_closed(self._wm, pending)
-        return self._featurise(pending)
-
-    def _check_app(self, samples: list[MetricSample] | tuple[MetricSample, ...]) -> None:
-        if not samples:
-            return
-        app = samples[0].app if self.app is None else self.app
-        for s in samples:
-            if s.app != app:
-                msg = f"AppWindows holds app {app!r}, got a sample of {s.app!r}: key by app first"
-                raise ValueError(msg)
-        self.app = app
-
-    def _pop_closed(self, wm: float, pending: list[tuple[int, str, _Bucket]]) -> None:
-        """Move windows ending at or before ``wm`` to ``pending``, by end then instance."""
-        w = self.window_s
-        counts = self._open_per_instance
-        for idx in sorted(i for i in self._open if (i + 1) * w <= wm):
-            per = self._open.pop(idx)
-            for inst in sorted(per):
-                pending.append((idx, inst, per[inst]))
-                left = counts[inst] - 1
-                if left:
-                    counts[inst] = left
-                else:
-                    del counts[inst]
-        self._next_end = (min(self._open) + 1) * w if self._open else math.inf
-
-    def _featurise(self, pending: list[tuple[int, str, _Bucket]]) -> list[WindowFeatures]:
-        """Features of closed buckets, batched by (metric names, sample count), in order."""
-        if not pending:
+        if not self._stored:
             return []
+        self._wm = max(self._wm, self._last_end)
+        return self._close()
+
+    def _check_app(self, app: str) -> None:
+        if self.app is not None and app != self.app:
+            msg = f"AppWindows holds app {self.app!r}, got a sample of {app!r}: key by app first"
+            raise ValueError(msg)
+
+    def _fits(self, instances: tuple[str, ...]) -> bool:
+        """No instance of ``instances`` would be dropped for ``max_instances``."""
+        return len(self._instances.union(instances)) <= self.max_instances
+
+    def _store(self, ts: np.ndarray, instance: tuple[str, ...], names: tuple[str, ...],
+               values: np.ndarray, labels: tuple[dict[str, str] | None, ...],
+               capacity: tuple[dict[str, float] | None, ...], dense: bool, ts_min: float,
+               ts_max: float, load: int) -> None:
         w = self.window_s
-        app = self.app or ""
-        out: list[WindowFeatures | None] = [None] * len(pending)
-        groups: dict[tuple[tuple[str, ...], int], list[int]] = {}
-        for pos, (idx, inst, b) in enumerate(pending):
-            if b.ragged:
-                meta: WindowMeta = (app, inst, idx * w, (idx + 1) * w, b.labels, b.capacity)
-                matrix = np.frombuffer(b.values).reshape(b.n, len(b.names)).copy()
-                out[pos] = features_from_matrix(b.names, matrix, meta)
+        first, last = math.ceil(ts_min / w) * w, math.ceil(ts_max / w) * w
+        rows = _Rows(ts, instance, names, values, labels, capacity, dense,
+                     dense and ts_min == ts_max and load == 1, ts_min, first, last, load)
+        self._stored.append(rows)
+        self._rows += len(instance)
+        _add_load(self._load, rows, w)
+        self._instances.update(instance)
+        if first < self._first_end:
+            self._first_end = first
+        if last > self._last_end:
+            self._last_end = last
+
+    def _admit(self, batch: SampleBatch) -> tuple[list[int], list[int], list[int]]:
+        """Sample by sample, as the rules say: which rows are kept, late or dropped. The
+        watermark moves with each kept sample; windows it passes close (for the bounds' sake)
+        before the next sample, and leave the store at the end of the batch."""
+        w = self.window_s
+        lateness = self.allowed_lateness_s
+        cap = self.max_window_samples
+        wm = self._wm
+        max_ts = self._max_ts
+        counts: dict[tuple[int, str], int] = {}  # samples per open (window, instance)
+        for rows in self._stored:
+            for ts, inst in zip(rows.ts.tolist(), rows.instance, strict=True):
+                key = (math.ceil(ts / w), inst)
+                counts[key] = counts.get(key, 0) + 1
+        per_instance = Counter(inst for _, inst in counts)
+        next_end = self._first_end
+        accepted: list[int] = []
+        late: list[int] = []
+        dropped: list[int] = []
+        for i, (ts, inst) in enumerate(zip(batch.ts.tolist(), batch.instance, strict=True)):
+            k = math.ceil(ts / w)
+            end = k * w
+            if end <= wm:
+                late.append(i)
+                continue
+            n = counts.get((k, inst))
+            if n is None:
+                if inst not in per_instance and len(per_instance) >= self.max_instances:
+                    dropped.append(i)
+                    continue
+                counts[(k, inst)] = 1
+                per_instance[inst] += 1
+                next_end = min(next_end, end)
+            elif n >= cap:
+                dropped.append(i)
+                continue
             else:
-                groups.setdefault((b.names, b.n), []).append(pos)
-        for (names, n), positions in groups.items():
-            buf = array("d")
-            metas: list[WindowMeta] = []
-            for pos in positions:
-                idx, inst, b = pending[pos]
-                buf.extend(b.values)
-                metas.append((app, inst, idx * w, (idx + 1) * w, b.labels, b.capacity))
-            block = np.frombuffer(buf).reshape(len(positions), n, len(names))
-            for pos, wf in zip(positions, features_batch(names, block, metas), strict=True):
-                out[pos] = wf
-        return out  # type: ignore[return-value]  # every slot was filled above
+                counts[(k, inst)] = n + 1
+            accepted.append(i)
+            if ts > max_ts:
+                max_ts = ts
+                if ts - lateness > wm:
+                    wm = ts - lateness
+                    if next_end <= wm:
+                        for key in [key for key in counts if key[0] * w <= wm]:
+                            del counts[key]
+                            per_instance[key[1]] -= 1
+                            if not per_instance[key[1]]:
+                                del per_instance[key[1]]
+                        next_end = min((key[0] * w for key in counts), default=math.inf)
+        self._wm = wm
+        self._max_ts = max_ts
+        return accepted, late, dropped
+
+    def _close(self) -> list[WindowFeatures]:
+        """Featurise the windows ending at or before the watermark, by end then instance."""
+        wm = self._wm
+        involved: list[_Rows] = []
+        left: list[_Rows] = []
+        for r in self._stored:
+            (involved if r.first_end <= wm else left).append(r)
+        first = involved[0]
+        if all(r.regular and r.instance == first.instance and r.names == first.names
+               for r in involved):
+            out = self._close_regular(involved)
+        else:
+            out, left = self._close_rows()
+        self._stored = left
+        self._load = {}
+        self._rows = sum([len(r.instance) for r in left])
+        if left:
+            for r in left:
+                _add_load(self._load, r, self.window_s)
+            self._instances = set(chain.from_iterable([r.instance for r in left]))
+            self._first_end = min([r.first_end for r in left])
+            self._last_end = max([r.last_end for r in left])
+        else:
+            self._instances = set()
+            self._first_end, self._last_end = math.inf, -math.inf
+        return out
+
+    def _close_regular(self, involved: list[_Rows]) -> list[WindowFeatures]:
+        """The usual close: batches of one sample per instance at one time, the same
+        instances and metrics in each, so a window's samples are one column of a block."""
+        w = self.window_s
+        instance = involved[0].instance
+        columns, src = _selection(involved[0].names)
+        by_window: dict[float, list[_Rows]] = {}
+        for r in involved:
+            by_window.setdefault(r.first_end, []).append(r)
+        order = sorted(range(len(instance)), key=instance.__getitem__)
+        shuffled = order != list(range(len(instance)))
+        app = self.app or ""
+        out = []
+        for end in sorted(by_window):
+            rows = by_window[end]
+            if len(rows) > 1:
+                rows.sort(key=_time_of)  # stable: arrival order among equal times
+            values = rows[0].values if len(rows) == 1 else \
+                np.concatenate([r.values for r in rows])
+            block = values.reshape(len(rows), len(instance), -1).transpose(1, 0, 2)
+            if shuffled:
+                block = block[order]
+            feats, peak, mean = featurise(np.ascontiguousarray(block[:, :, src]), columns)
+            latest = rows[-1]
+            idx = round(end / w) - 1
+            for k, i in enumerate(order):
+                out.append(_window(app, instance[i], idx, w, len(rows), feats[k], peak[k],
+                                   mean[k], latest.labels[i], latest.capacity[i]))
+        return out
+
+    def _close_rows(self) -> tuple[list[WindowFeatures], list[_Rows]]:
+        """Any close: sort the rows of the stored batches that hold closing windows by
+        window, instance and time; the rest of those batches stays, in its place."""
+        w = self.window_s
+        wm = self._wm
+        stored = self._stored
+        involved = [r for r in stored if r.first_end <= wm]
+        ts = involved[0].ts if len(involved) == 1 else np.concatenate([r.ts for r in involved])
+        instance = list(chain.from_iterable(r.instance for r in involved))
+        values, columns = _window_values(involved)
+        ceil = np.ceil(ts / w)  # a window's index + 1
+        closing = ceil * w <= wm
+        pick = np.flatnonzero(closing)
+        names = sorted({instance[i] for i in pick.tolist()})
+        rank = {name: r for r, name in enumerate(names)}
+        codes = np.fromiter(map(rank.get, instance, repeat(0)), np.float64, len(instance))
+        first = float(ceil[pick].min())
+        # one key per (window, instance), windows first; small integers, exact in float64
+        key = (ceil[pick] - first) * len(names) + codes[pick]
+        # by window, instance, then event time; equal times keep their arrival order
+        order = pick[np.lexsort((ts[pick], key))]
+        rows = order.tolist()
+        keys = ((ceil[order] - first) * len(names) + codes[order]).tolist()
+        n = len(rows)
+        starts = [i for i in range(n) if i == 0 or keys[i] != keys[i - 1]]
+        sizes = [b - a for a, b in zip(starts, [*starts[1:], n], strict=True)]
+        feats, peak, mean = _featurise(np.ascontiguousarray(values[order]), starts, sizes,
+                                       columns)
+        labels = list(chain.from_iterable(r.labels for r in involved))
+        capacity = list(chain.from_iterable(r.capacity for r in involved))
+        app = self.app or ""
+        out = []
+        for k, (start, size) in enumerate(zip(starts, sizes, strict=True)):
+            last = rows[start + size - 1]  # the latest sample of the window
+            idx, inst = divmod(int(keys[start]), len(names))
+            out.append(_window(app, names[inst], idx + int(first) - 1, w, size, feats[k],
+                               peak[k], mean[k], labels[last], capacity[last]))
+        # what stays: untouched batches as they are, the open rest of the others in place
+        left = []
+        at = 0
+        stays = ~closing
+        for r in stored:
+            if r.first_end > wm:
+                left.append(r)
+                continue
+            m = len(r.instance)
+            keep = np.flatnonzero(stays[at : at + m]).tolist()
+            at += m
+            if keep:
+                kept_ts = r.ts[keep]
+                low, high = float(kept_ts.min()), float(kept_ts.max())
+                left.append(_Rows(kept_ts, tuple(r.instance[i] for i in keep), r.names,
+                                  r.values[keep], tuple(r.labels[i] for i in keep),
+                                  tuple(r.capacity[i] for i in keep), r.dense, False, low,
+                                  math.ceil(low / w) * w, math.ceil(high / w) * w,
+                                  min(r.load, len(keep))))
+        return out, left
+
+
+def _add_load(load: dict[float, int], rows: _Rows, w: float) -> None:
+    """Count ``rows`` against the windows they are in (``AppWindows._load``)."""
+    if rows.first_end == rows.last_end:
+        load[rows.first_end] = load.get(rows.first_end, 0) + rows.load
+    else:  # rows spread over windows (rare): each window's share is at most all of them
+        for end in set((np.ceil(rows.ts / w) * w).tolist()):
+            load[end] = load.get(end, 0) + rows.load
+
+
+def _time_of(rows: _Rows) -> float:
+    return rows.first_ts
+
+
+def _window(app: str, instance: str, idx: int, w: float, n: int, features: np.ndarray,
+            peak: np.ndarray, mean: np.ndarray, labels: dict[str, str] | None,
+            capacity: dict[str, float] | None) -> WindowFeatures:
+    return WindowFeatures(app, instance, idx * w, (idx + 1) * w, n, features, peak, mean,
+                          labels or {}, {m: float(v) for m, v in capacity.items()}
+                          if capacity else {})
+
+
+def _window_values(stored: list[_Rows]) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """The stored rows' values over the window ``COLUMNS``: ``(rows, len(columns))`` with the
+    columns every row has when all rows have the same ones (the usual case), else
+    ``(rows, len(COLUMNS))`` with NaN where a row lacks a metric and ``None``."""
+    names = stored[0].names
+    if all(r.names is names or r.names == names for r in stored) and \
+            all(r.dense for r in stored):  # the usual case: one agent, one shape
+        columns, src = _selection(names)
+        values = stored[0].values if len(stored) == 1 else \
+            np.concatenate([r.values for r in stored])
+        return values[:, src], columns
+    first = _selection(names)[0]
+    if all(r.dense and _selection(r.names)[0] == first for r in stored):
+        return np.concatenate([r.values[:, _selection(r.names)[1]] for r in stored]), first
+    out = np.full((sum(len(r.instance) for r in stored), len(COLUMNS)), np.nan)
+    at = 0
+    for r in stored:
+        columns, src = _selection(r.names)
+        out[at : at + len(r.instance), list(columns)] = r.values[:, src]
+        at += len(r.instance)
+    return out, None
+
+
+@lru_cache(maxsize=1024)
+def _selection(names: tuple[str, ...]) -> tuple[tuple[int, ...], slice | list[int]]:
+    """The ``COLUMNS`` positions that ``names`` has (ascending), and where each is in it (a
+    slice when they are neighbours in order, as an agent that sends the resources first has)."""
+    pos = {name: j for j, name in enumerate(names)}
+    columns = tuple(c for c, name in enumerate(COLUMNS) if name in pos)
+    src = [pos[COLUMNS[c]] for c in columns]
+    if src and src == list(range(src[0], src[0] + len(src))):
+        return columns, slice(src[0], src[0] + len(src))
+    return columns, src
+
+
+def _featurise(values: np.ndarray, starts: list[int], sizes: list[int],
+               columns: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features of the windows whose sorted rows start at ``starts``, by sample count."""
+    first = sizes[0]
+    if all(size == first for size in sizes):
+        return featurise(values.reshape(len(sizes), first, values.shape[1]), columns)
+    by_size: dict[int, list[int]] = {}
+    for k, size in enumerate(sizes):
+        by_size.setdefault(size, []).append(k)
+    w = len(sizes)
+    feats = np.empty((w, len(FEATURE_ORDER)))
+    peak = np.empty((w, len(RESOURCES)))
+    mean = np.empty((w, len(RESOURCES)))
+    for size, windows in by_size.items():
+        rows = [starts[k] + i for k in windows for i in range(size)]
+        f, p, m = featurise(values[rows].reshape(len(windows), size, values.shape[1]), columns)
+        feats[windows], peak[windows], mean[windows] = f, p, m
+    return feats, peak, mean
+

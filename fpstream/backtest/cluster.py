@@ -29,6 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from fpstream.errors import FpstreamError
 from fpstream.io.embedded import die_with_parent, free_port
 
 __all__ = ["ClusterError", "Member", "run_cluster"]
@@ -41,7 +42,7 @@ GRACE_S = 10.0
 #: The tail of a process's output (stdout and stderr) quoted when it dies without an error.
 LOG_LINES = 20
 
-class ClusterError(RuntimeError):
+class ClusterError(FpstreamError, RuntimeError):
     """A process of the cluster failed: its error, or how it died."""
 
 

@@ -23,7 +23,7 @@ what one app holds and what a snapshot saves.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from fpstream.anomaly import ResidualDetector
 from fpstream.digest import Digest
 from fpstream.events import RESOURCES, Anomaly, DeadLetter, MetricSample
 from fpstream.features import WindowFeatures
-from fpstream.ingest import item_letter
+from fpstream.ingest import SampleBatch, item_letter
 from fpstream.profile import AppProfile, ProfileSnapshot, profile_vector
 from fpstream.selector import OFFSETS, RuleSelector
 from fpstream.settings import Settings
@@ -120,8 +120,9 @@ class InstanceStage:
 
     # -- entry points ---------------------------------------------------------------------
 
-    def on_samples(self, samples: Sequence[MetricSample]) -> tuple[list[Output], WindowsOut]:
-        """Window a batch of the app's samples; decide for the windows it closed. Returns the
+    def on_samples(self, samples: SampleBatch | Iterable[MetricSample]
+                   ) -> tuple[list[Output], WindowsOut]:
+        """Window a batch of the app's samples; learn from the windows it closed. Returns the
         outputs and the windowing result (its ``late`` and ``dropped`` samples are the
         caller's to dead-letter)."""
         out = self.state.windows.add_many(samples)

@@ -44,12 +44,12 @@ class InstanceLogic(Pickled[SampleBatch | Evict, Output]):
             self.metrics.evictions.labels("instance").inc()
             return self._flush(), StatefulLogic.DISCARD
         try:
-            emitted, windowed = self.stage.on_samples(value.samples)
+            emitted, windowed = self.stage.on_samples(value)
         except Exception as ex:  # noqa: BLE001 - no sample may stop the flow
-            error = self.contained(f"{len(value.samples)} samples of {value.app}", ex)
+            error = self.contained(f"{len(value)} samples of {value.app}", ex)
             state = self.stage.state
             state.windows = AppWindows(state.windows.window_s, state.windows.allowed_lateness_s)
-            return sample_letters(value.samples, value.origin, "model_error", error), \
+            return sample_letters(value.to_samples(), value.origin, "model_error", error), \
                 StatefulLogic.RETAIN
         out: list[Output] = list(emitted)
         if windowed.late:

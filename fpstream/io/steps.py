@@ -49,7 +49,7 @@ class Steps:
             if deploys:  # the fleet stage orders deploy requests by event time too
                 items.extend(self.progress.advance(msg.origin, max(deploys)))
         if batches:
-            self.metrics.samples.inc(sum(len(b.samples) for b in batches))
+            self.metrics.samples.inc(sum(len(b) for b in batches))
             items.extend(self.progress.observe(msg.origin, batches))
         return items
 

@@ -156,11 +156,10 @@ def test_an_exception_in_a_step_is_contained_per_app(settings: Settings, monkeyp
     broken_windows, broken_profile = apps[0], apps[1]
     add_many, update = AppWindows.add_many, AppProfile.update
 
-    def failing_add_many(self, samples):
-        samples = list(samples)
-        if samples and samples[0].app == broken_windows and samples[0].ts % 600 < 60:
+    def failing_add_many(self, batch):
+        if batch.app == broken_windows and batch.ts_min % 600 < 60:
             raise RuntimeError("windows broke")
-        return add_many(self, samples)
+        return add_many(self, batch)
 
     def failing_update(self, wf):
         if wf.app == broken_profile and wf.end % 1800 == 0:

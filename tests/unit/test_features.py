@@ -12,14 +12,17 @@ from hypothesis.extra import numpy as hnp
 
 from fpstream.events import RESOURCES, MetricSample
 from fpstream.features import (
+    COLUMN_INDEX,
+    COLUMNS,
     CROSS,
     FEATURE_INDEX,
     FEATURE_ORDER,
     PER_REQUEST,
+    REQ_RATE,
     STATS,
     WindowFeatures,
     feature_vector,
-    features_batch,
+    featurise,
     window_features,
 )
 
@@ -55,25 +58,29 @@ def numpy_corr(x: np.ndarray, y: np.ndarray) -> float:
 
 def assert_matches_numpy(wf: WindowFeatures, values: np.ndarray, names: tuple[str, ...]) -> None:
     for j, name in enumerate(names):
+        if name not in RESOURCES:  # other metrics only feed the cross features
+            continue
         column = values[:, j]
         for stat, expected in numpy_stats(column).items():
-            got = wf.features[f"{name}.{stat}"]
+            got = wf.feature(f"{name}.{stat}")
             # absolute slack relative to the data: the std of a constant column is 0 only up
             # to the rounding of its mean, in numpy as here
             scale = 1.0 if stat in ("cv", "peak_to_mean") else float(column.max())
             assert got == pytest.approx(expected, rel=1e-9, abs=1e-12 * scale), (name, stat)
     col = {name: values[:, j] for j, name in enumerate(names)}
     net = col["net_rx_bps"] + col["net_tx_bps"]
-    assert wf.features["corr.cpu_net"] == pytest.approx(
+    assert wf.feature("corr.cpu_net") == pytest.approx(
         numpy_corr(col["cpu_cores"], net), abs=1e-9)
-    assert wf.features["corr.cpu_req"] == pytest.approx(
+    assert wf.feature("corr.cpu_req") == pytest.approx(
         numpy_corr(col["cpu_cores"], col["app.req_rate"]), abs=1e-9)
     req = col["app.req_rate"].mean()
     for key, r in (("per_req.cpu_cores", "cpu_cores"), ("per_req.mem_bytes", "mem_bytes")):
         expected = col[r].mean() / req if req > 0 else 0.0
-        assert wf.features[key] == pytest.approx(expected, rel=1e-12)
-    assert wf.peak == pytest.approx({r: col[r].max() for r in RESOURCES})
-    assert wf.mean == pytest.approx({r: col[r].mean() for r in RESOURCES})
+        assert wf.feature(key) == pytest.approx(expected, rel=1e-12)
+    assert wf.peak.tolist() == pytest.approx([col[r].max() for r in RESOURCES])
+    assert wf.mean.tolist() == pytest.approx([col[r].mean() for r in RESOURCES])
+    for array, size in ((wf.features, len(FEATURE_ORDER)), (wf.peak, 6), (wf.mean, 6)):
+        assert array.dtype == np.float64 and array.shape == (size,)
 
 
 SCALES = np.array([4.0, 8e9, 1e6, 1e6, 1e8, 1e8, 500.0, 1e4])
@@ -103,8 +110,8 @@ def test_statistics_match_numpy(n: int) -> None:
 def test_statistics_match_numpy_on_any_gauges(values: np.ndarray) -> None:
     wf = window_features("app", "vm-1", 0.0, 60.0, samples_of(values))
     assert_matches_numpy(wf, values, NAMES)
-    assert all(math.isfinite(v) for v in wf.features.values())
-    assert -1.0 <= wf.features["corr.cpu_net"] <= 1.0
+    assert np.isfinite(wf.features).all()
+    assert -1.0 <= wf.feature("corr.cpu_net") <= 1.0
 
 
 def test_correlations_have_the_sign_of_the_relation() -> None:
@@ -113,39 +120,51 @@ def test_correlations_have_the_sign_of_the_relation() -> None:
         1 + t, 1e9 + 0 * t, 0 * t, 0 * t, 1e6 * (2 - t), 1e5 * (2 - t), 100 * (1 + t), 3 + 0 * t,
     ])
     wf = window_features("app", "vm-1", 0.0, 60.0, samples_of(values))
-    assert wf.features["corr.cpu_net"] == pytest.approx(-1.0)
-    assert wf.features["corr.cpu_req"] == pytest.approx(1.0)
+    assert wf.feature("corr.cpu_net") == pytest.approx(-1.0)
+    assert wf.feature("corr.cpu_req") == pytest.approx(1.0)
+
+
+def test_the_net_correlation_survives_opposite_rx_and_tx() -> None:
+    # rx and tx move against each other, so their sum barely moves: the variance of the sum
+    # from those of its parts would be all rounding error
+    values = np.array([[0.0, 0.5, 0.5, 0.5, 0.5, 1e-6, 0.5, 0.5],
+                       [0.5, 0.5, 0.5, 0.5, 0.0, 0.5, 0.5, 0.5]])
+    wf = window_features("app", "vm-1", 0.0, 60.0, samples_of(values))
+    assert wf.feature("corr.cpu_net") == pytest.approx(-1.0, abs=1e-9)
 
 
 def test_constant_or_missing_sides_give_zero_correlation() -> None:
     values = np.tile([0.1, 1e9, 0.0, 0.0, 0.3, 0.3, 7.0, 1.0], (10, 1))
     values[:, 6] = np.arange(10)  # req varies, cpu (0.1, not exact in binary) does not
     wf = window_features("app", "vm-1", 0.0, 60.0, samples_of(values))
-    assert wf.features["corr.cpu_net"] == 0.0
-    assert wf.features["corr.cpu_req"] == 0.0
+    assert wf.feature("corr.cpu_net") == 0.0
+    assert wf.feature("corr.cpu_req") == 0.0
     only_cpu = [MetricSample(float(i), "a", "i", {"cpu_cores": float(i)}) for i in range(1, 5)]
     wf = window_features("a", "i", 0.0, 60.0, only_cpu)
-    assert wf.features["corr.cpu_net"] == 0.0 and wf.features["corr.cpu_req"] == 0.0
-    assert not any(key in wf.features for key in PER_REQUEST)
-    assert wf.peak == {"cpu_cores": 4.0} and wf.mean == {"cpu_cores": 2.5}
+    assert wf.feature("corr.cpu_net") == 0.0 and wf.feature("corr.cpu_req") == 0.0
+    assert all(wf.feature(key) == 0.0 for key in PER_REQUEST)
+    assert wf.peak.tolist() == [4.0, 0, 0, 0, 0, 0] and wf.mean.tolist() == [2.5, 0, 0, 0, 0, 0]
+    # a resource the window lacks reads 0 throughout
+    assert not wf.features[len(STATS):FEATURE_INDEX["corr.cpu_net"]].any()
 
 
 def test_all_zero_metric_has_no_spread_and_peak_equal_to_mean() -> None:
     values = np.zeros((4, len(NAMES)))
     wf = window_features("a", "i", 0.0, 60.0, samples_of(values))
-    for name in NAMES:
-        assert wf.features[f"{name}.cv"] == 0.0
-        assert wf.features[f"{name}.peak_to_mean"] == 1.0
-    assert wf.features["per_req.cpu_cores"] == 0.0  # no requests: ratio undefined, reads 0
+    for name in RESOURCES:
+        assert wf.feature(f"{name}.cv") == 0.0
+        assert wf.feature(f"{name}.peak_to_mean") == 1.0
+    assert wf.feature("per_req.cpu_cores") == 0.0  # no requests: ratio undefined, reads 0
 
 
 def test_single_sample_window() -> None:
-    s = [MetricSample(60.0, "a", "i", {"cpu_cores": 2.0, "net_rx_bps": 5.0, "app.x": 0.0})]
-    f = window_features("a", "i", 0.0, 60.0, s).features
-    assert f["cpu_cores.mean"] == f["cpu_cores.p95"] == f["cpu_cores.max"] == 2.0
-    assert f["cpu_cores.std"] == 0.0 and f["cpu_cores.cv"] == 0.0
-    assert f["cpu_cores.peak_to_mean"] == 1.0 and f["app.x.peak_to_mean"] == 1.0
-    assert f["corr.cpu_net"] == 0.0
+    s = [MetricSample(60.0, "a", "i", {"cpu_cores": 2.0, "net_rx_bps": 0.0, "app.x": 0.0})]
+    wf = window_features("a", "i", 0.0, 60.0, s)
+    f = wf.feature
+    assert f("cpu_cores.mean") == f("cpu_cores.p95") == f("cpu_cores.max") == 2.0
+    assert f("cpu_cores.std") == 0.0 and f("cpu_cores.cv") == 0.0
+    assert f("cpu_cores.peak_to_mean") == 1.0 and f("net_rx_bps.peak_to_mean") == 1.0
+    assert f("corr.cpu_net") == 0.0
 
 
 def test_samples_with_different_metric_sets_use_what_each_has() -> None:
@@ -163,11 +182,10 @@ def test_samples_with_different_metric_sets_use_what_each_has() -> None:
     wf = window_features("a", "i", 0.0, 60.0, samples)
     has = np.array([i % 3 != 0 for i in range(8)])
     for stat, expected in numpy_stats(rx[has]).items():
-        assert wf.features[f"net_rx_bps.{stat}"] == pytest.approx(expected), stat
+        assert wf.feature(f"net_rx_bps.{stat}") == pytest.approx(expected), stat
     for stat, expected in numpy_stats(cpu).items():
-        assert wf.features[f"cpu_cores.{stat}"] == pytest.approx(expected), stat
-    assert wf.features["app.queue_len.mean"] == 4.0
-    assert wf.features["corr.cpu_net"] == pytest.approx(numpy_corr(cpu[has], rx[has]))
+        assert wf.feature(f"cpu_cores.{stat}") == pytest.approx(expected), stat
+    assert wf.feature("corr.cpu_net") == pytest.approx(numpy_corr(cpu[has], rx[has]))
     assert wf.n == 8
 
 
@@ -187,8 +205,8 @@ def test_huge_values_still_give_finite_features() -> None:
     values = np.array([[1e300, 1e300, 0, 0, 1e300, 1e300, 1e300, 1.0],
                        [1e308, 0.0, 0, 0, 0.0, 1e308, 1.0, 2.0]])
     wf = window_features("a", "i", 0.0, 60.0, samples_of(values))
-    assert all(math.isfinite(v) for v in wf.features.values())
-    assert all(math.isfinite(v) for v in (*wf.peak.values(), *wf.mean.values()))
+    assert np.isfinite(wf.features).all()
+    assert np.isfinite(wf.peak).all() and np.isfinite(wf.mean).all()
 
 
 def test_no_samples_is_an_error() -> None:
@@ -196,15 +214,43 @@ def test_no_samples_is_an_error() -> None:
         window_features("a", "i", 0.0, 60.0, [])
 
 
-def test_batch_equals_one_window_at_a_time() -> None:
-    rng = np.random.default_rng(3)
-    values = rng.random((5, 7, len(NAMES))) * SCALES
-    metas = [("a", f"i{w}", 0.0, 60.0, {}, {}) for w in range(5)]
-    batch = features_batch(NAMES, values.copy(), metas)
-    for w, wf in enumerate(batch):
-        single = window_features("a", f"i{w}", 0.0, 60.0, samples_of(values[w]))
-        assert wf.instance == f"i{w}"
-        assert wf.features == pytest.approx(single.features, rel=1e-12, abs=1e-15)
+def window_block(rng: np.random.Generator, w: int, n: int) -> np.ndarray:
+    """``w`` windows of ``n`` samples over ``COLUMNS``: dense ones, ones lacking a metric
+    throughout, and ones with gaps (NaN where a sample lacks a metric)."""
+    block = rng.random((w, n, len(COLUMNS))) * SCALES[: len(COLUMNS)]
+    for k in range(w):
+        kind = k % 4
+        if kind == 1:  # no request rate, no tx: as most apps send
+            block[k, :, [COLUMN_INDEX[REQ_RATE], COLUMN_INDEX["net_tx_bps"]]] = np.nan
+        elif kind == 2:  # gaps
+            block[k][rng.random((n, len(COLUMNS))) < 0.3] = np.nan
+        elif kind == 3:  # only cpu
+            block[k, :, 1:] = np.nan
+    return block
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 7, 9, 20])
+def test_a_window_gives_the_same_floats_alone_or_with_others(n: int) -> None:
+    block = window_block(np.random.default_rng(n), 9, n)
+    feats, peak, mean = featurise(block.copy())
+    for k in range(len(block)):
+        f1, p1, m1 = featurise(block[k : k + 1].copy())
+        assert np.array_equal(feats[k], f1[0]) and np.array_equal(peak[k], p1[0])
+        assert np.array_equal(mean[k], m1[0])
+        # and the same as window_features over the window's samples
+        rows = [{c: v for c, v in zip(COLUMNS, row, strict=True) if not math.isnan(v)}
+                for row in block[k].tolist()]
+        samples = [MetricSample(1000.0 + i, "a", "i", m) for i, m in enumerate(rows)]
+        assert np.array_equal(window_features("a", "i", 0.0, 60.0, samples).features, feats[k])
+
+
+def test_the_columns_hint_gives_what_detection_gives() -> None:
+    block = np.random.default_rng(2).random((4, 6, len(COLUMNS))) * SCALES[: len(COLUMNS)]
+    columns = (0, 1, 4, 6)
+    block[:, :, [c for c in range(len(COLUMNS)) if c not in columns]] = np.nan
+    detected = featurise(block.copy())
+    hinted = featurise(block[:, :, list(columns)].copy(), columns)
+    assert all(np.array_equal(a, b) for a, b in zip(detected, hinted, strict=True))
 
 
 def test_feature_order_is_fixed_and_complete() -> None:
@@ -214,10 +260,9 @@ def test_feature_order_is_fixed_and_complete() -> None:
     assert all(FEATURE_ORDER[i] == name for name, i in FEATURE_INDEX.items())
     values = np.random.default_rng(1).random((6, len(NAMES))) * SCALES
     wf = window_features("a", "i", 0.0, 60.0, samples_of(values))
-    assert set(FEATURE_ORDER) <= set(wf.features)  # every name a full window produces
-    vec = feature_vector(wf.features)
-    assert vec.shape == (len(FEATURE_ORDER),)
-    assert vec.tolist() == [wf.features[name] for name in FEATURE_ORDER]
+    assert wf.features.shape == (len(FEATURE_ORDER),)
+    assert wf.features.all()  # a window with every metric has every feature
+    assert [wf.feature(name) for name in FEATURE_ORDER] == wf.features.tolist()
 
 
 def test_feature_vector_defaults_missing_names_to_zero() -> None:

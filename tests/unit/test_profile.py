@@ -11,7 +11,7 @@ import pytest
 from river import stats
 
 from fpstream.events import RESOURCES
-from fpstream.features import FEATURE_INDEX, FEATURE_ORDER, WindowFeatures
+from fpstream.features import FEATURE_INDEX, FEATURE_ORDER, WindowFeatures, feature_vector
 from fpstream.profile import DAY, HOUR, AppProfile, ProfileSnapshot
 
 T0 = 1_699_920_000.0  # a midnight UTC: a multiple of a day
@@ -27,8 +27,12 @@ def window(instance: str, start: float, end: float, peak: dict[str, float],
         features[f"{r}.max"] = peak[r]
         features[f"{r}.p95"] = peak[r]
         features[f"{r}.mean"] = mean[r]
-    return WindowFeatures("app", instance, start, end, 5, features, dict(peak), mean,
-                          {"team": "t"}, {"cpu_cores": 8.0})
+    return WindowFeatures("app", instance, start, end, 5, feature_vector(features),
+                          resources(peak), resources(mean), {"team": "t"}, {"cpu_cores": 8.0})
+
+
+def resources(values: dict[str, float]) -> np.ndarray:
+    return np.array([values.get(r, 0.0) for r in RESOURCES])
 
 
 def replay(profile: AppProfile, cpu: Callable[[float], float], days: float,
@@ -54,8 +58,9 @@ def test_smoothing_matches_river_ewmean_after_every_update() -> None:
     for k in range(40):
         present = [n for n in FEATURE_ORDER if rng.random() < 0.8]
         feats = {n: float(rng.random() * 100) for n in present}
-        wf = WindowFeatures("app", "i", T0 + 60 * k, T0 + 60 * (k + 1), 3, feats,
-                            {"cpu_cores": 1.0}, {"cpu_cores": 1.0}, {}, {})
+        one = resources({"cpu_cores": 1.0})
+        wf = WindowFeatures("app", "i", T0 + 60 * k, T0 + 60 * (k + 1), 3, feature_vector(feats),
+                            one, one, {}, {})
         snap = profile.update(wf)
         for name, mean in river_means.items():
             mean.update(feats.get(name, 0.0))
@@ -227,7 +232,8 @@ def test_snapshot_carries_the_window_identity() -> None:
 def test_one_profile_holds_one_app() -> None:
     profile = AppProfile()
     profile.update(window("i", T0, T0 + 60, BASE))
-    other = WindowFeatures("other", "i", T0, T0 + 60, 1, {}, {}, {}, {}, {})
+    zero = np.zeros(len(RESOURCES))
+    other = WindowFeatures("other", "i", T0, T0 + 60, 1, feature_vector({}), zero, zero, {}, {})
     with pytest.raises(ValueError, match="holds app"):
         profile.update(other)
 

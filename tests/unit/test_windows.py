@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import math
 import pickle
+import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fpstream.events import MetricSample
+from fpstream.events import DEFAULT_LIMITS, MetricSample, decode_message
 from fpstream.features import WindowFeatures, window_features
+from fpstream.ingest import Origin, RawMessage, SampleBatch, decode_raw
 from fpstream.windows import AppWindows, WindowsOut
 
 T0 = 1_699_999_200.0  # a multiple of 60 and of 300
@@ -145,11 +148,11 @@ def test_open_windows_stay_bounded(stream: tuple) -> None:
     bound = math.ceil(lateness / window_s) + 1
     for off, inst, cpu in sorted(raw):  # in order: at most ceil(L/w) + 1 per instance
         w.add(sample(T0 + off, inst, cpu))
-        assert all(n <= bound for n in w._open_per_instance.values())
+        assert all(n <= bound for n in w.open_per_instance.values())
     w = AppWindows(window_s, lateness)
     for off, inst, cpu in raw:  # any order: the same bound holds
         w.add(sample(T0 + off, inst, cpu))
-        assert all(n <= bound for n in w._open_per_instance.values())
+        assert all(n <= bound for n in w.open_per_instance.values())
 
 
 def test_a_boundary_timestamp_ends_its_window() -> None:
@@ -244,8 +247,8 @@ def test_windows_of_mixed_metric_sets_match_window_features() -> None:
     [wf] = w.flush()
     assert wf == window_features("app", "i1", T0, T0 + 60, ss)
     assert wf.n == 4
-    assert wf.features["net_rx_bps.mean"] == 20.0  # of the three samples that have it
-    assert wf.features["cpu_cores.max"] == 4.0
+    assert wf.feature("net_rx_bps.mean") == 20.0  # of the three samples that have it
+    assert wf.feature("cpu_cores.max") == 4.0
 
 
 def test_labels_and_capacity_are_the_latest_samples() -> None:
@@ -310,3 +313,103 @@ def test_bad_settings_are_rejected(kwargs: dict) -> None:
     args = {"window_s": 60.0, "allowed_lateness_s": 0.0, **kwargs}
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         AppWindows(**args)
+
+
+def agent_batches(rng: random.Random, ticks: int, instances: int, interval: float,
+                  ragged: bool = False) -> list[SampleBatch]:
+    """What the decoder gives for an agent's messages: one sample per instance per tick,
+    sometimes late, sometimes a tick twice, sometimes an instance missing."""
+    out = []
+    for k in range(ticks):
+        ts = T0 + interval * (k + 1) - (rng.choice([0, 0, 0, 45, 130]) if k > 3 else 0)
+        names = [f"i{j}" for j in range(instances) if not ragged or rng.random() < 0.8]
+        docs = [{"v": 1, "ts": ts, "app": "app", "instance": name, "labels": {"k": str(k)},
+                 "capacity": {"cpu_cores": 4}, "metrics": {
+                     "cpu_cores": rng.uniform(0, 4), "mem_bytes": rng.uniform(0, 1e9),
+                     "net_rx_bps": rng.uniform(0, 1e6), "proc.x": 1.0}} for name in names]
+        if not docs:
+            continue
+        raw = orjson.dumps(docs)
+        batches = [x for x in decode_raw(RawMessage(Origin("m", 0, k, 0.0), None, raw),
+                                         "metric", DEFAULT_LIMITS) if isinstance(x, SampleBatch)]
+        out += batches
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([10.0, 15.0, 60.0]),
+       st.sampled_from([0.0, 30.0, 90.0]), st.booleans(), st.integers(1, 4))
+def test_batches_give_what_samples_one_by_one_give(seed: int, interval: float, lateness: float,
+                                                    ragged: bool, instances: int) -> None:
+    batches = agent_batches(random.Random(seed), 40, instances, interval, ragged)
+    a, b = AppWindows(60.0, lateness), AppWindows(60.0, lateness)
+    closed_a, late_a, closed_b, late_b = [], [], [], []
+    for batch in batches:
+        out = a.add_many(batch)
+        closed_a += out.closed
+        late_a += out.late
+        for s in batch.to_samples():
+            one = b.add(s)
+            closed_b += one.closed
+            late_b += one.late
+        assert a.watermark == b.watermark and a.open_windows == b.open_windows
+    closed_a += a.flush()
+    closed_b += b.flush()
+    assert closed_a == closed_b and late_a == late_b
+    assert sum(f.n for f in closed_a) + len(late_a) == sum(len(x) for x in batches)
+
+
+def test_a_late_sample_of_a_batch_comes_back_as_the_decoder_gave_it() -> None:
+    w = AppWindows(60.0, 0.0)
+    w.add(sample(T0 + 200))
+    docs = [{"v": 1, "ts": T0 + 5, "app": "app", "instance": "i1", "metrics": {"cpu_cores": 2}},
+            {"v": 1, "ts": T0 + 230, "app": "app", "instance": "i2", "interval_s": 5,
+             "metrics": {"cpu_cores": 1}}]
+    raw = orjson.dumps(docs)
+    (batch,) = decode_raw(RawMessage(Origin("m", 0, 3, 0.0), None, raw), "metric",
+                          DEFAULT_LIMITS)
+    assert isinstance(batch, SampleBatch)
+    out = w.add_many(batch)
+    assert out.late == [decode_message(raw).events[0]]
+
+
+def test_bounds_hold_inside_one_batch() -> None:
+    docs = [{"v": 1, "ts": T0 + 1 + t, "app": "app", "instance": f"i{t % 3}",
+             "metrics": {"cpu_cores": 1.0}} for t in range(9)]
+    (batch,) = decode_raw(RawMessage(Origin("m", 0, 3, 0.0), None, orjson.dumps(docs)),
+                          "metric", DEFAULT_LIMITS)
+    assert isinstance(batch, SampleBatch)
+    w = AppWindows(60.0, 0.0, max_instances=2, max_window_samples=2)
+    out = w.add_many(batch)
+    assert [(s.instance, s.ts - T0) for s in out.dropped] == [
+        ("i2", 3), ("i2", 6), ("i0", 7), ("i1", 8), ("i2", 9)]
+    assert w.dropped_total == 5
+    one = AppWindows(60.0, 0.0, max_instances=2, max_window_samples=2)
+    assert [s for x in batch.to_samples() for s in one.add(x).dropped] == out.dropped
+    assert [(f.instance, f.n) for f in w.flush()] == [("i0", 2), ("i1", 2)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([1.0, 5.0, 10.0]), st.integers(1, 12),
+       st.integers(1, 3), st.integers(1, 8))
+def test_bounds_in_batches_give_what_samples_one_by_one_give(seed: int, interval: float,
+                                                              cap: int, max_instances: int,
+                                                              instances: int) -> None:
+    rng = random.Random(seed)
+    batches = agent_batches(rng, 60, instances, interval, ragged=rng.random() < 0.5)
+    a = AppWindows(60.0, 30.0, max_instances=max_instances, max_window_samples=cap)
+    b = AppWindows(60.0, 30.0, max_instances=max_instances, max_window_samples=cap)
+    got: tuple[list, list, list] = ([], [], [])
+    want: tuple[list, list, list] = ([], [], [])
+    for batch in batches:
+        out = a.add_many(batch)
+        for kept, more in zip(got, (out.closed, out.late, out.dropped), strict=True):
+            kept += more
+        for s in batch.to_samples():
+            one = b.add(s)
+            for kept, more in zip(want, (one.closed, one.late, one.dropped), strict=True):
+                kept += more
+    got[0].extend(a.flush())
+    want[0].extend(b.flush())
+    assert got == want
+    assert (a.late_total, a.dropped_total) == (b.late_total, b.dropped_total)
