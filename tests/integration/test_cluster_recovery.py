@@ -62,6 +62,15 @@ def executions(volumes: list[Path]) -> dict[int, int]:
     return found
 
 
+def committed(volumes: list[Path]) -> int:
+    """The lowest epoch every recovery partition has committed snapshots up to (0: none)."""
+    epochs = []
+    for path in (f for v in volumes for f in v.glob("part-*.sqlite3")):
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            epochs.append(db.execute("SELECT MAX(commit_epoch) FROM commits").fetchone()[0] or 0)
+    return min(epochs, default=0)
+
+
 def start_cluster(settings, tmp_path: Path, volumes: list[Path] | None, tag: str,
                   tail: bool) -> list[FlowProcess]:
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(PROCESSES)]
@@ -122,7 +131,11 @@ def test_killed_cluster_resumes_from_per_pod_volumes(services, make_topic, redis
             assert time.monotonic() < deadline, logs(tmp_path, "first")
             assert all(p.proc and p.proc.poll() is None for p in procs), logs(tmp_path, "first")
             time.sleep(0.5)
-        time.sleep(3)  # let a few snapshots land
+        # Snapshots of a later epoch than the one allocations were first seen in.
+        target = committed(volumes) + 2
+        while committed(volumes) < target:
+            assert time.monotonic() < deadline, logs(tmp_path, "first")
+            time.sleep(0.2)
     finally:
         for p in procs:  # SIGKILL both, as a node loss or an OOM kill would
             p.kill()
