@@ -23,7 +23,7 @@ Until an instance has ``warmup`` periods of history it gets a cautious rule: the
 its history, doubled (``WARMUP_MARGIN``). Everything is indexed by the instance's own periods
 and windows, so a replay gives the same statistics.
 
->>> s = RuleSelector(warmup=0)
+>>> s = RuleSelector(warmup=0, margins=(1.0, 1.1))
 >>> for peak in (1.0, 1.0, 1.0):
 ...     s.observe_many([0.9] * 12)
 ...     s.close(peak)
@@ -214,10 +214,12 @@ def _lower_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     from the least ``y`` (ties: least ``x``, then first) to the least ``x`` (ties: least
     ``y``, then first). Every argmin of ``y + p * x`` over ``p >= 0`` is one of them."""
     order = np.lexsort((np.arange(len(x)), y, x))  # by x, then y, then index
+    # A point with no less slack than one before it (as many violations or fewer) is never
+    # chosen: only those below the running minimum of ``y`` can be on the hull.
+    ys = y[order]
+    before = np.minimum.accumulate(np.concatenate(([np.inf], ys[:-1])))
     hull: list[int] = []
-    for i in order.tolist():
-        if hull and (x[i] == x[hull[-1]] or y[i] >= y[hull[-1]]):
-            continue  # more violations and no less slack than a point kept: never chosen
+    for i in order[ys < before].tolist():
         while len(hull) >= 2:
             a, b = hull[-2], hull[-1]
             # b is above the segment a..i: no price makes it the minimum

@@ -32,7 +32,7 @@ The configuration is an :class:`ArmAssigner`; what a group's bandit learns lives
 >>> arms = ArmAssigner("demo", [Policy("safe", budget=0.5), Policy("lean", budget=2.0)])
 >>> group, inst = GroupArms(), InstanceArms()
 >>> arms.choose(group, inst, "cluster-3", "web", "w-1").name
-'lean'
+'safe'
 """
 
 from __future__ import annotations

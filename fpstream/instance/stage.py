@@ -115,7 +115,7 @@ class InstanceStage:
         self.on_error = on_error
         self.state = state if state is not None else AppState(
             AppWindows(config.window_s, config.allowed_lateness_s),
-            AppProfile(decision_period_s=config.decision_period_s),
+            AppProfile(),
             detector=ResidualDetector(threshold=config.anomaly_threshold))
 
     # -- entry points ---------------------------------------------------------------------
@@ -222,7 +222,9 @@ class InstanceStage:
         error = np.full(len(RESOURCES), np.nan)
         if not len(inst.history):
             return error
-        expected = np.median(inst.history, axis=0)
+        ordered = np.sort(inst.history, axis=0)
+        n = len(ordered)
+        expected = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2  # the median, per resource
         detector = self.state.detector
         for r in RESOURCES:
             i = _R[r]
