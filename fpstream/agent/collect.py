@@ -294,8 +294,11 @@ class Collector:
         now = _Counters(cpu.user + cpu.system, float(ctx.voluntary + ctx.involuntary),
                         read_b, write_b, syscalls)
         prev = tracked.prev
-        if prev is None and self._prev_boot is not None and tracked.created >= self._prev_boot:
-            prev = _Counters(0.0, 0.0, 0.0, 0.0, 0.0)  # born during the interval
+        if (prev is None and self._prev_boot is not None
+                and tracked.created + _CLOCK_TICK_S > self._prev_boot):
+            # Born during the interval. Start times are whole clock ticks rounded down, so one
+            # born within a tick after the previous collection may read as a little before it.
+            prev = _Counters(0.0, 0.0, 0.0, 0.0, 0.0)
         tracked.prev = now
         target = tracked.target
         assert target is not None
@@ -398,6 +401,9 @@ class Collector:
                 metrics["disk_write_bps"] = delta["write_b"] / interval
         instance = instance_id(spec.instance, hostname=self.config.hostname, app=spec.app)
         return Reading(spec.app, instance, dict(spec.labels), metrics, dict(self._host_capacity))
+
+
+_CLOCK_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 
 
 def _since_boot() -> float:
