@@ -59,7 +59,8 @@ from river import naive_bayes
 from fpstream.events import RESOURCES
 from fpstream.scoring import Score
 
-__all__ = ["LEVELS", "ColdStart", "FirstHour", "Guess", "Quality", "tokens"]
+__all__ = ["LEVELS", "ColdStart", "FirstHour", "Guess", "Hist", "Quality", "group_keys",
+           "guess_key", "tokens"]
 
 #: Evidence levels, most specific first, with their prior confidence.
 LEVELS: dict[str, float] = {"app": 0.9, "combo": 0.75, "label": 0.6, "size": 0.5,
@@ -103,6 +104,31 @@ def size_key(size: Mapping[str, float]) -> str | None:
     return ",".join(sorted(parts)) or None
 
 
+def group_keys(labels: Mapping[str, str], size: Mapping[str, float]) -> list[str]:
+    """The evidence keys of an instance's groups: the fleet, its label combination and each
+    label value (of ``evidence_labels``), its size bucket."""
+    keys = ["fleet:"]
+    if labels:
+        keys.append("combo:" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())))
+        keys.extend(f"label:{k}={v}" for k, v in sorted(labels.items()))
+    sk = size_key(size)
+    if sk is not None:
+        keys.append(f"size:{sk}")
+    return keys
+
+
+def guess_key(guess: Guess) -> str | None:
+    """The evidence key of the group that answered a guess (None for an app's own history or
+    no evidence)."""
+    if guess.source in ("combo", "label", "size"):
+        return f"{guess.source}:{guess.key}"
+    if guess.source == "fleet":
+        return "fleet:"
+    if guess.source == "cluster" and guess.cluster >= 0:
+        return f"cluster:{guess.cluster}"
+    return None
+
+
 class Hist:
     """A sparse log-binned histogram (bins 2^(1/16) wide, about 4.4 %): quantiles within a
     bin's width, bounded memory, deterministic, cheap to update."""
@@ -123,18 +149,21 @@ class Hist:
         b = math.floor(math.log2(x) * self.SCALE)
         self.bins[b] = self.bins.get(b, 0) + 1
 
-    def quantile(self, q: float) -> float | None:
+    def quantile(self, q: float, upper: bool = False) -> float | None:
+        """The ``q`` quantile: its bin's middle, or its upper edge (``upper``: a value no
+        smaller than any in the bin, for a reservation)."""
         if not self.n:
             return None
         rank = q * (self.n - 1)
         seen = self.zeros
         if rank < seen:
             return 0.0
+        at = 1.0 if upper else 0.5
         for b in sorted(self.bins):
             seen += self.bins[b]
             if rank < seen:
-                return float(2.0 ** ((b + 0.5) / self.SCALE))
-        return float(2.0 ** ((max(self.bins) + 0.5) / self.SCALE))
+                return float(2.0 ** ((b + at) / self.SCALE))
+        return float(2.0 ** ((max(self.bins) + at) / self.SCALE))
 
 
 class InstanceNeed:
@@ -291,14 +320,7 @@ class ColdStart:
 
     @staticmethod
     def _keys(app: str, labels: Mapping[str, str], size: Mapping[str, float]) -> list[str]:
-        keys = [f"app:{app}", "fleet:"]
-        if labels:
-            keys.append("combo:" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())))
-            keys.extend(f"label:{k}={v}" for k, v in sorted(labels.items()))
-        sk = size_key(size)
-        if sk is not None:
-            keys.append(f"size:{sk}")
-        return keys
+        return [f"app:{app}", *group_keys(labels, size)]
 
     def set_cluster_needs(self, cluster: int, need: Mapping[str, float]) -> None:
         if need:

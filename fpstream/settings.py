@@ -118,6 +118,8 @@ class Settings:
     # fpstream.violation_budget_cpu and fpstream.violation_budget_mem).
     violation_budget_cpu: float = 0.01
     violation_budget_mem: float = 0.001
+    # A young instance's own data before its cluster, not only its deploy's group, sizes it.
+    young_cluster_after_s: float = 900.0
     max_apps: int = 100_000
     app_ttl_s: float = 86_400.0
     # Experiment: A/B testing of allocation policies (fpstream/instance/arms.py and
@@ -201,7 +203,7 @@ def _validate(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"setting {name} must be > 0, got {getattr(s, name)!r}")
-    for name in ("allowed_lateness_s", "idle_s", "max_future_s"):
+    for name in ("allowed_lateness_s", "idle_s", "max_future_s", "young_cluster_after_s"):
         if getattr(s, name) < 0:
             raise SettingsError(f"setting {name} must be >= 0, got {getattr(s, name)!r}")
     if s.decision_period_s < s.window_s:

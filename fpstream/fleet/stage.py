@@ -12,12 +12,17 @@ or several, after a crash and resume as in a clean run:
   periods. An instance with enough history reserves, for CPU and memory, the rule of its own
   that minimises ``slack + price * violations`` at the price of its violation budget, and the
   prices are controlled so that the budgets hold (``fpstream.fleet.budget``); a younger one
-  reserves what its short history says (twice its peak so far). Its A/B arm
+  reserves, once its first period has placed it in a cluster, the quantile of its peers' usage
+  at the same age that meets its budget, or its own cautious rule (twice its peak so far) where
+  that has cost less at that age (``fpstream.fleet.young``). Its A/B arm
   (``fpstream.fleet.arms``) scales its budget and adds its headroom; the policy snaps the
   reserve to the catalog (``fpstream.policy``);
 - **cold start**: the windows of every digest teach the evidence groups and the label
-  classifier (``fpstream.coldstart``); a deploy request is answered with a ``proactive``
-  allocation from them, from the fleet's state at the start of the request's decision period;
+  classifier (``fpstream.coldstart``), and those of every instance's first day the pools its
+  young peers are sized from; a deploy request is answered with a ``proactive`` allocation from
+  them, from the fleet's state at the start of the request's decision period: for CPU and
+  memory the quantile of the chosen group's first-hour usage that meets the budget, capped by
+  the requested size;
 - **the experiment**: every decided period is scored against the reservation in force and
   summed per arm (``fpstream.fleet.experiment``).
 
@@ -39,13 +44,14 @@ from river import stats
 
 from fpstream.catalog import Catalog
 from fpstream.clustering import FleetClusters
-from fpstream.coldstart import ColdStart
+from fpstream.coldstart import ColdStart, evidence_labels, group_keys, guess_key
 from fpstream.digest import SCORED, Digest
 from fpstream.events import RESOURCES, Allocation, DeadLetter, DeployRequest
 from fpstream.fingerprint import Fingerprinter
 from fpstream.fleet.arms import ArmAssigner, GroupArms, InstanceArms
 from fpstream.fleet.budget import PriceController, budget_of
 from fpstream.fleet.experiment import Experiment, ExperimentSnapshot
+from fpstream.fleet.young import YOUNG, AgePools, TailController, YoungChoice, age_bucket
 from fpstream.ingest import item_letter
 from fpstream.ordering import EARLY, LATE, EventTimeOrder
 from fpstream.policy import Decision, Policy, changed_materially
@@ -117,6 +123,7 @@ class FleetConfig:
     dims: int = 4
     seed: int = 42
     change_threshold: float = 0.10
+    cluster_after_s: float = 900.0
     ttl_s: float = 86_400.0
     max_apps: int = 100_000
     #: The configured violation budget per selected resource.
@@ -127,7 +134,8 @@ class FleetConfig:
         return cls(catalog=Catalog.load(s.catalog_path), arms=ArmAssigner.from_settings(s),
                    decision_period_s=s.decision_period_s, recluster_s=s.recluster_s,
                    idle_s=s.idle_s, n_clusters=s.n_clusters, dims=s.fingerprint_dims,
-                   seed=s.seed, change_threshold=s.change_threshold, ttl_s=s.app_ttl_s,
+                   seed=s.seed, change_threshold=s.change_threshold,
+                   cluster_after_s=s.young_cluster_after_s, ttl_s=s.app_ttl_s,
                    max_apps=s.max_apps,
                    budgets=(("cpu_cores", s.violation_budget_cpu),
                             ("mem_bytes", s.violation_budget_mem)))
@@ -137,7 +145,11 @@ class FleetConfig:
 class FleetInstance:
     """What the fleet stage keeps of one instance: its latest own need, the decision in force
     (its reserve, type and arm, and the budgets whose prices chose it, if any), its guard
-    rail, and how accurate its forecasts have been."""
+    rail, and how accurate its forecasts have been. While young: its peak so far, the group
+    its deploy was answered from (``evidence``; "" when none), and per resource what its
+    peers and its own rule proposed for the period in force (``young``: the peers' quantile,
+    that floored by its peak so far, its own rule or NaN, the age bucket, the budget, whether
+    the peers' reserve is in force)."""
 
     last_ts: float
     own: dict[str, float] = field(default_factory=dict)
@@ -148,6 +160,10 @@ class FleetInstance:
     proactive_sent: bool = False
     arms: InstanceArms = field(default_factory=InstanceArms)
     error: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    peak: dict[str, float] = field(default_factory=dict)
+    evidence: str | None = None
+    young: dict[str, tuple[float, float, float, int, float, bool]] = field(
+        default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -175,6 +191,10 @@ class FleetStage:
         self.bandits: dict[int, GroupArms] = {}  # per cluster (mode bandit)
         self.prices: dict[tuple[str, float], PriceController] = {}
         self._realised: dict[tuple[str, float], list[int]] = {}  # this period's, per price
+        self.pools = AgePools(max_instances=config.max_apps)
+        self.tails: dict[tuple[str, float, int], TailController] = {}  # (r, budget, age)
+        self.choice = YoungChoice()
+        self._young_realised: dict[tuple[str, float, int], list[int]] = {}  # per tail
         self.instances: dict[tuple[str, str], FleetInstance] = {}
         # app -> its instances, the least recently active app first
         self.apps: OrderedDict[str, set[str]] = OrderedDict()
@@ -268,8 +288,11 @@ class FleetStage:
             if (app, instance) in failed:
                 continue
             try:
-                self.coldstart.learn(d.labels, d.capacity, cluster, d.window_peak(i),
+                peak = d.window_peak(i)
+                self.coldstart.learn(d.labels, d.capacity, cluster, peak,
                                      app=app, instance=instance, ts=end)
+                self.pools.learn(group_keys(evidence_labels(d.labels), d.capacity),
+                                 (app, instance), end, peak, d.capacity, f"cluster:{cluster}")
             except Exception as ex:  # noqa: BLE001 - no item may stop the stage
                 failed.add((app, instance))
                 out.append(self._contained(d, ex))
@@ -287,6 +310,9 @@ class FleetStage:
         for key, (violated, scored_windows) in sorted(self._realised.items()):
             self.prices[key].learn(violated, scored_windows)
         self._realised.clear()
+        for key, (violated, scored_windows) in sorted(self._young_realised.items()):
+            self._tail(*key).learn(violated, scored_windows)
+        self._young_realised.clear()
         for d, cluster in scored:
             try:
                 out.extend(self._decide(d, cluster))
@@ -315,6 +341,12 @@ class FleetStage:
         fared."""
         fi = self._instance(d.app, d.instance, d.ts)
         fi.last_ts, fi.own = d.ts, d.own
+        if fi.young and len(d.peaks):
+            self._score_young(d, fi)
+        if not d.warm:
+            for r, top in d.peak.items():
+                if r in YOUNG:
+                    fi.peak[r] = max(fi.peak.get(r, 0.0), top)
         if d.error is not None:
             for r, err in zip(RESOURCES, d.error.tolist(), strict=True):
                 if not math.isnan(err):
@@ -334,9 +366,12 @@ class FleetStage:
         self.experiment.assigned(arm.name)
         need, budgets = dict(d.own), {}
         if d.warm and d.frontiers:
+            fi.young, fi.peak = {}, {}
             for r, frontier in sorted(d.frontiers.items()):
                 budgets[r] = self._budget(r, d.labels, arm)
                 need[r] = frontier.choose(self.prices[(r, budgets[r])].price)
+        else:
+            need.update(self._young(d, cluster, fi, arm))
         decision = arm.decide(need, self.config.catalog)
         resize = self._should_resize(fi, decision, arm)
         fi.budgets = budgets
@@ -361,6 +396,56 @@ class FleetStage:
             realised = self._realised.setdefault((r, budget), [0, 0])
             realised[0] += d.violations(r, fi.reserve.get(r, 0.0))
             realised[1] += len(d.peaks)
+
+    def _young(self, d: Digest, cluster: int, fi: FleetInstance, arm: Policy
+               ) -> dict[str, float]:
+        """A young instance's next period, per resource: its peers' reserve at its age and
+        budget (its cluster's once it has ``cluster_after_s`` of data, else its deploy's
+        group's, else the fleet's) where the peers
+        have cost less than its own cautious rule at that age (``fpstream.fleet.young``)."""
+        if fi.evidence is None:  # never deployed through a request: its labels' best group
+            guess = self.coldstart.predict(d.labels, d.capacity)
+            fi.evidence = guess_key(guess) or ""
+        placed = d.periods * self.config.decision_period_s >= self.config.cluster_after_s
+        keys = [*([f"cluster:{cluster}"] if placed else []),
+                *([fi.evidence] if fi.evidence else []), "fleet:"]
+        # the age in the middle of the period being decided
+        age = (self.pools.age((d.app, d.instance), d.ts) or 0.0) + self.config.decision_period_s / 2
+        bucket = age_bucket(age)
+        fi.young = {}
+        out = {}
+        for r in YOUNG:
+            budget = self._budget(r, d.labels, arm)
+            size = float(d.capacity.get(r, 0.0) or 0.0)
+            found = self.pools.reserve(keys, age, r, self._tail(r, budget, bucket).tail, size)
+            if found is None:
+                continue
+            peers = max(found[0], fi.peak.get(r, 0.0))
+            use = self.choice.peers(r, bucket)
+            fi.young[r] = (found[0], peers, float(d.own.get(r, 0.0)), bucket, budget, use)
+            if use:
+                out[r] = peers
+        return out
+
+    def _score_young(self, d: Digest, fi: FleetInstance) -> None:
+        """The period ``d`` closed: what the peers' and the own reserve would each have cost,
+        and how often the peers' quantile itself was exceeded (its tail's control: the
+        quantile is calibrated, whatever floor or choice was applied on top)."""
+        for r, (quantile, peers, own, bucket, budget, _) in fi.young.items():
+            usage = d.peaks[:, RESOURCES.index(r)].tolist()
+            if not math.isnan(own):
+                self.choice.learn(r, bucket, usage, peers, own,
+                                  self.prices[(r, budget)].price)
+            realised = self._young_realised.setdefault((r, budget, bucket), [0, 0])
+            realised[0] += d.violations(r, quantile)
+            realised[1] += len(usage)
+        fi.young = {}
+
+    def _tail(self, resource: str, budget: float, bucket: int) -> TailController:
+        tail = self.tails.get((resource, budget, bucket))
+        if tail is None:
+            tail = self.tails[(resource, budget, bucket)] = TailController(budget)
+        return tail
 
     def _budget(self, resource: str, labels: dict[str, str], arm: Policy) -> float:
         """The budget an instance's arm runs at, with its price; a new budget beyond
@@ -408,6 +493,21 @@ class FleetStage:
         fi.proactive_sent = True
         # The instance's arm, drawing nothing: the arm learns from its own periods.
         arm = self.config.arms.peek(req.app, req.instance)
+        # CPU and memory: the chosen group's first-hour usage at the quantile of the budget,
+        # capped by the requested size (an app's own earlier instances: its cluster's).
+        evidence = guess_key(guess)
+        if guess.source == "app" and cluster is not None and cluster >= 0:
+            evidence = f"cluster:{cluster}"
+        fi.evidence = evidence or ""
+        keys = [*([evidence] if evidence else []), "fleet:"]
+        need = dict(need)
+        for r in YOUNG:
+            budget = self._budget(r, req.labels, arm)
+            size = float(req.requested.get(r, 0.0) or 0.0)
+            found = self.pools.reserve(keys, 0.0, r, self._tail(r, budget, 0).tail, size)
+            if found is not None:
+                need[r] = found[0]
+                fi.young[r] = (found[0], found[0], math.nan, 0, budget, True)
         decision = arm.decide(need, self.config.catalog)
         # Cold-start feedback: the proactive reserve is scored over the first hour.
         self.coldstart.track(req.app, req.instance, decision.reserve, guess.source)

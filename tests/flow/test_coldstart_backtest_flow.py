@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fpstream.backtest.coldstart import series_coldstart
-from fpstream.backtest.run import DAY, backtest_settings, flow_allocations
+from fpstream.backtest.run import DAY, FlowOutput, backtest_settings, flow_allocations
 from fpstream.backtest.traces import Series
 
 pytestmark = pytest.mark.flow
@@ -31,13 +31,19 @@ def vm(name: str, start: float, cores: float, load: float, seed: int, days: floa
 
 
 @pytest.fixture(scope="module")
-def run() -> tuple[list[Series], dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
+def flow() -> tuple[list[Series], FlowOutput]:
     early = ([vm(f"small-{i}", T0, 4.0, 0.10, i, 3.0) for i in range(4)]
              + [vm(f"busy-{i}", T0, 1.0, 0.85, 10 + i, 3.0) for i in range(4)])
     late = [vm("small-new", T0 + 1.5 * DAY, 4.0, 0.10, 20, 1.0),
             vm("busy-new", T0 + 1.5 * DAY, 1.0, 0.85, 21, 1.0)]
     series = early + late
-    out = flow_allocations(series, backtest_settings(None, STEP), deploys=True)
+    return series, flow_allocations(series, backtest_settings(None, STEP), deploys=True)
+
+
+@pytest.fixture(scope="module")
+def run(flow: tuple[list[Series], FlowOutput]
+        ) -> tuple[list[Series], dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
+    series, out = flow
     return series, out.proactive, series_coldstart(series, out.proactive)
 
 
@@ -67,3 +73,25 @@ def test_a_later_vm_is_sized_from_the_vms_of_its_size(run: Any) -> None:
     assert mine["bucket_accuracy"] == 1.0
     hour, manual = mine["first_hour"]["cpu"], section["manual"]["with_history"]["first_hour"]["cpu"]
     assert hour["waste"] < manual["waste"]
+
+
+def test_a_new_vm_is_reserved_at_the_budget_quantile_then_sized_from_its_cluster(
+        flow: tuple[list[Series], FlowOutput]) -> None:
+    series, out = flow
+    by_name = {s.name: s for s in series}
+    new, peers = by_name["small-new"], [by_name[f"small-{i}"] for i in range(4)]
+    first_hour = np.concatenate([p.cpu[:12] for p in peers])
+    proactive = out.proactive[new.key]["reserve"]["cpu_cores"]
+    # Before its first sample: its peers' first hour at the budget's quantile (1 %), above
+    # their 95th percentile, far below the 4 cores requested.
+    assert np.quantile(first_hour, 0.95) < proactive <= first_hour.max() * 1.05 < 4.0
+    # Its first hourly decision, long before 24 hours of its own: from its cluster's members
+    # at the same age, not its own cautious rule (twice its first hour's peak), and never
+    # below that peak.
+    allocations = out.allocations[new.key]
+    decided = allocations["ts"] > new.ts[0]
+    first = float(allocations["cpu"][decided][0])
+    peak = float(new.cpu[:12].max())
+    later = np.concatenate([p.cpu[12:72] for p in peers])
+    assert peak <= first < 1.5 * peak < 2.0 * peak
+    assert first <= later.max() * 1.05
