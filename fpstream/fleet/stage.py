@@ -310,8 +310,9 @@ class FleetStage:
         for key, (violated, scored_windows) in sorted(self._realised.items()):
             self.prices[key].learn(violated, scored_windows)
         self._realised.clear()
-        for key, (violated, scored_windows) in sorted(self._young_realised.items()):
-            self._tail(*key).learn(violated, scored_windows)
+        for (r, budget, bucket), (violated, scored_windows) in sorted(
+                self._young_realised.items()):
+            self._tail(r, budget, bucket).learn(violated, scored_windows)
         self._young_realised.clear()
         for d, cluster in scored:
             try:
