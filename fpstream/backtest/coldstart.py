@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ from fpstream.backtest.traces import (
     parse_range,
     planetlab_vm_days,
 )
-from fpstream.scoring import Score
+from fpstream.scoring import Score, in_force
 from fpstream.settings import Settings
 
 __all__ = ["BASELINES", "EDGES", "SERIES_BASELINES", "bucket", "coldstart_table",
@@ -93,38 +93,52 @@ def select_days(days: Sequence[str], spec: str | None) -> list[str]:
     return [days[i] for i in parse_range(spec, len(days))] if spec else []
 
 
+Reserve = float | np.ndarray | None
+
+
 class _Scores:
-    """Bucket hits (over all and over new pairs) and the first hour's ``Score`` per resource
-    (``cpu``, ``mem``) of one method's cold-start allocations."""
+    """Bucket hits (over all and over new pairs), and the ``Score`` per resource (``cpu``,
+    ``mem``) of one method's allocations over each deployment's first hour and first day."""
 
     def __init__(self) -> None:
         self.n = self.ok = self.n_new = self.ok_new = 0
         self.hour: dict[str, Score] = {}
+        self.day: dict[str, Score] = {}
 
     def add(self, predicted: int | None, actual: int, new: bool,
-            reserve: dict[str, float | None], first: dict[str, np.ndarray]) -> None:
+            reserve: dict[str, Reserve], first: dict[str, np.ndarray],
+            day: dict[str, np.ndarray] | None = None,
+            day_reserve: dict[str, Reserve] | None = None) -> None:
+        """One deployment: its predicted and actual bucket; ``first`` and ``day`` its usage
+        over its first hour and first day; ``reserve`` and ``day_reserve`` (default
+        ``reserve``) what the method reserved over each, a value or one per step."""
         hit = predicted == actual
         self.n += 1
         self.ok += hit
         if new:
             self.n_new += 1
             self.ok_new += hit
-        for res, a in reserve.items():
-            u = first.get(res)
-            if a is None or u is None or not len(u):
-                continue
-            self.hour.setdefault(res, Score()).add(a, u)
+        for scores, usage, reserves in ((self.hour, first, reserve),
+                                        (self.day, day or {}, day_reserve or reserve)):
+            for res, a in reserves.items():
+                u = usage.get(res)
+                if a is None or u is None or not len(u):
+                    continue
+                a = np.broadcast_to(np.asarray(a, dtype=np.float64), u.shape)
+                ok = np.isfinite(a)
+                scores.setdefault(res, Score()).add(a[ok], u[ok])
 
-    def first_hour(self) -> dict[str, dict[str, float | None]]:
+    @staticmethod
+    def _figures(scores: dict[str, Score]) -> dict[str, dict[str, float | None]]:
         return {res: {"waste": round(sc.waste, 4) if sc.allocated else None,
                       "viol": round(sc.viol, 4)}
-                for res, sc in sorted(self.hour.items())} or {"cpu": {"waste": None,
-                                                                     "viol": None}}
+                for res, sc in sorted(scores.items())} or {"cpu": {"waste": None,
+                                                                   "viol": None}}
 
     def get(self) -> dict[str, Any]:
         return {"bucket_accuracy": round(self.ok / self.n, 4) if self.n else None,
                 "bucket_accuracy_new": round(self.ok_new / self.n_new, 4) if self.n_new else None,
-                "first_hour": self.first_hour()}
+                "first_hour": self._figures(self.hour), "first_day": self._figures(self.day)}
 
 
 def _mode(c: Counter[int]) -> int | None:
@@ -208,7 +222,7 @@ def run_coldstart(train: Sequence[PathLike] = (), evaluate: Sequence[PathLike] =
                 new = pair not in latest
                 deployments += 1
                 new_pairs += new
-                first = v.cpu[:FIRST_HOUR_STEPS]
+                first, whole = v.cpu[:FIRST_HOUR_STEPS], {"cpu": v.cpu}
                 doc = proactive.get((app_of(v), v.day))
                 if doc is None:
                     notes["deployments_without_proactive_allocation"] += 1
@@ -216,14 +230,20 @@ def run_coldstart(train: Sequence[PathLike] = (), evaluate: Sequence[PathLike] =
                 else:
                     predicted = float(doc["predicted"].get("cpu_cores", 0.0))
                     reserve = float(doc["reserve"].get("cpu_cores", 0.0))
+                    # over the day: the proactive reserve, then the VM's own decisions
+                    fp = flow.allocations.get((app_of(v), v.day))
+                    held = (in_force(fp["ts"], fp["cpu"], vm_series(v).ts) if fp is not None
+                            else np.full(len(v.cpu), reserve))
                     scores["fpstream"].add(bucket(predicted), actual[id(v)], new,
-                                           {"cpu": reserve}, {"cpu": first})
+                                           {"cpu": reserve}, {"cpu": first}, whole,
+                                           {"cpu": np.where(np.isnan(held), reserve, held)})
                 g = _mode(fleet)
                 s = _mode(by_slice[v.slice]) if by_slice[v.slice] else g
                 i = latest.get(pair, s)
                 for name, b in (("global", g), ("slice", s), ("instance", i)):
                     scores[name].add(b, actual[id(v)], new,
-                                     {"cpu": None if b is None else EDGES[b]}, {"cpu": first})
+                                     {"cpu": None if b is None else EDGES[b]}, {"cpu": first},
+                                     whole)
         for v in vms:
             b = actual[id(v)]
             fleet[b] += 1
@@ -261,8 +281,9 @@ def _size_of(s: Series) -> tuple[float, int]:
             round(math.log2(mem[0])) if mem is not None and mem[0] > 0 else 0)
 
 
-def series_coldstart(series: Sequence[Series], proactive: dict[tuple[str, str], dict[str, Any]]
-                     ) -> dict[str, Any]:
+def series_coldstart(series: Sequence[Series], proactive: dict[tuple[str, str], dict[str, Any]],
+                     allocations: Mapping[tuple[str, str], Mapping[str, np.ndarray]]
+                     | None = None) -> dict[str, Any]:
     """The ``cold_start`` section of an hourly backtest whose series were announced by deploy
     requests carrying their provisioned size (``run.deploy_request``): every series is a new
     deployment, scored on
@@ -270,7 +291,10 @@ def series_coldstart(series: Sequence[Series], proactive: dict[tuple[str, str], 
     - the bucket of its first day's p95 CPU as a share of its provisioned cores, against the
       bucket of the proactive allocation's ``predicted`` CPU over the requested cores;
     - its first hour (``FIRST_HOUR_STEPS`` samples), ``waste`` and ``viol`` per resource of
-      the proactive reserve.
+      the proactive reserve;
+    - its first day (``first_day``), under what each method reserves over it: a baseline its
+      one answer, fpstream the proactive reserve and then the instance's decisions in force
+      (from ``allocations``, the flow's; the proactive reserve alone without them).
 
     Baselines know what was known at the same deploy time (the first days that had ended):
     ``global`` (the fleet's most frequent bucket), ``size`` (that of the VMs of the same
@@ -288,12 +312,13 @@ def series_coldstart(series: Sequence[Series], proactive: dict[tuple[str, str], 
         actual = bucket(float(np.percentile(s.cpu[day], 95)) / float(cap[0]))
         first = {r: u[:FIRST_HOUR_STEPS] for r in ("cpu", "mem")
                  if (u := s.usage(r)) is not None}
-        rows.append((float(s.ts[0]) - DEPLOY_LEAD_S, s, actual, first))
+        whole = {r: u[day] for r in ("cpu", "mem") if (u := s.usage(r)) is not None}
+        rows.append((float(s.ts[0]) - DEPLOY_LEAD_S, s, actual, first, whole))
     rows.sort(key=lambda r: (r[0], r[1].name))
     if not rows:
         return {"deployments": 0}
     trace_start = min(float(r[1].ts[0]) for r in rows)
-    known = sorted((float(s.ts[0]) + DAY, _size_of(s), b) for _, s, b, _ in rows)
+    known = sorted((float(s.ts[0]) + DAY, _size_of(s), b) for _, s, b, _, _ in rows)
     methods = ("fpstream", *SERIES_BASELINES)
     scores = {m: _Scores() for m in methods}
     later = {m: _Scores() for m in methods}
@@ -301,7 +326,7 @@ def series_coldstart(series: Sequence[Series], proactive: dict[tuple[str, str], 
     fleet: Counter[int] = Counter()
     by_size: defaultdict[tuple[float, int], Counter[int]] = defaultdict(Counter)
     k = 0
-    for deployed, s, actual, first in rows:
+    for deployed, s, actual, first, whole in rows:
         while k < len(known) and known[k][0] <= deployed:
             fleet[known[k][2]] += 1
             by_size[known[k][1]][known[k][2]] += 1
@@ -322,16 +347,25 @@ def series_coldstart(series: Sequence[Series], proactive: dict[tuple[str, str], 
         g = _mode(fleet)
         peers = by_size[_size_of(s)]
         z = _mode(peers) if peers else g
-        answers: dict[str, tuple[int | None, dict[str, float | None]]] = {
-            "fpstream": (mine, reserve), "manual": (bucket(1.0), manual)}
+        answers: dict[str, tuple[int | None, dict[str, Reserve]]] = {
+            "fpstream": (mine, dict(reserve)), "manual": (bucket(1.0), dict(manual))}
         for name, b in (("global", g), ("size", z)):
             answers[name] = (b, {"cpu": cores * EDGES[b] if b is not None else cores,
                                  "mem": mem_cap})
+        held: dict[str, Reserve] = dict(reserve)
+        fp = None if allocations is None else allocations.get(s.key)
+        if fp is not None:
+            steps = s.ts[s.ts < s.ts[0] + DAY].astype(np.float64)
+            for r in whole:
+                a = in_force(fp["ts"], fp[r], steps)
+                fallback = reserve.get(r)
+                held[r] = np.where(np.isnan(a), np.nan if fallback is None else fallback, a)
         has_history = deployed >= trace_start + DAY
         for name, (b, res) in answers.items():
-            scores[name].add(b, actual, True, res, first)
+            day_reserve = held if name == "fpstream" else res
+            scores[name].add(b, actual, True, res, first, whole, day_reserve)
             if has_history:
-                later[name].add(b, actual, True, res, first)
+                later[name].add(b, actual, True, res, first, whole, day_reserve)
     return {
         "deployments": len(rows),
         "new_pairs": len(rows),
@@ -381,8 +415,8 @@ def coldstart_command(fmt: str, paths: Sequence[Path], train: Sequence[Path],
 
 def coldstart_table(section: dict[str, Any]) -> Any:
     """The ``cold_start`` section as a rich table: per method, bucket accuracy (over all, and
-    over never-seen pairs or over the deployments made with fleet history) and first-hour
-    waste and violations per resource."""
+    over never-seen pairs or over the deployments made with fleet history) and first-hour and
+    first-day waste and violations per resource."""
     from rich.table import Table
 
     series = "with_history" in section
@@ -399,13 +433,14 @@ def coldstart_table(section: dict[str, Any]) -> Any:
         extra = ("acc (new)", lambda d: d["bucket_accuracy_new"])
     table = Table(title=title)
     table.add_column("method")
-    for col in ("bucket acc", extra[0], *(f"1st hour {r} {k}" for r in resources
-                                          for k in ("waste", "viol"))):
+    spans = (("first_hour", "1st hour"), ("first_day", "1st day"))
+    for col in ("bucket acc", extra[0], *(f"{label} {r} {k}" for _, label in spans
+                                          for r in resources for k in ("waste", "viol"))):
         table.add_column(col, justify="right")
     for m in methods:
         doc = section[m]
         cells = [doc["bucket_accuracy"], extra[1](doc),
-                 *(doc["first_hour"].get(r, {}).get(k) for r in resources
-                   for k in ("waste", "viol"))]
+                 *(doc.get(span, {}).get(r, {}).get(k) for span, _ in spans
+                   for r in resources for k in ("waste", "viol"))]
         table.add_row(m, *(f"{x:.4f}" if x is not None else "-" for x in cells))
     return table

@@ -771,7 +771,7 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
     if deploys:
         from fpstream.backtest.coldstart import series_coldstart
 
-        result["cold_start"] = {**series_coldstart(series, flow.proactive),
+        result["cold_start"] = {**series_coldstart(series, flow.proactive, flow.allocations),
                                 "flow_processes": flow.processes}
     if score_on is not None:
         result["notes"]["scored_on"] = score_on

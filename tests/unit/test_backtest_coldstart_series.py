@@ -133,3 +133,25 @@ def test_the_size_baseline_keeps_its_peers_idle_bucket_over_a_busy_fleet() -> No
     doc = series_coldstart([*first, new], {})
     assert doc["global"]["with_history"]["bucket_accuracy"] == 0.0  # the fleet's bucket: 3
     assert doc["size"]["with_history"]["bucket_accuracy"] == 1.0  # its peers': 0
+
+
+def test_the_first_day_follows_the_decisions_after_the_proactive_one() -> None:
+    series = [vm("vm-0", T0, 4.0, 0.5, days=1.0)]
+    s = series[0]
+    mine = {s.key: proactive(s, 1.0, 2.5 * 2**30)}  # 1 core against 2: every step violated
+    # then, from the second hour, 2.5 cores (never violated)
+    decided = {s.key: {"ts": np.array([T0 - DEPLOY_LEAD_S, T0 + 3600.0]),
+                       "cpu": np.array([1.0, 2.5]), "mem": np.array([2.5 * 2**30] * 2)}}
+    alone = series_coldstart(series, mine)["fpstream"]
+    held = series_coldstart(series, mine, decided)["fpstream"]
+    assert alone["first_hour"] == held["first_hour"]
+    assert alone["first_day"]["cpu"]["viol"] == 1.0
+    steps = len(s.ts)
+    hour = int((s.ts <= T0 + 3600.0).sum())
+    assert held["first_day"]["cpu"]["viol"] == pytest.approx(hour / steps, abs=1e-4)
+    slack = 0.5 * (steps - hour)
+    assert held["first_day"]["cpu"]["waste"] == pytest.approx(
+        slack / (1.0 * hour + 2.5 * (steps - hour)), abs=1e-4)
+    # a baseline holds its one answer all day: the provisioned size, never violated
+    assert series_coldstart(series, mine, decided)["manual"]["first_day"]["cpu"] == {
+        "waste": 0.5, "viol": 0.0}
