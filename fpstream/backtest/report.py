@@ -68,6 +68,8 @@ def render_report(result: dict[str, Any], data: ReportData) -> str:
         "short = sum(max(u - A, 0)) / sum(u). A resource the trace lacks is not shown.</p>",
         "<h3>Day 2 on</h3>", _table(result, resources),
         "<h3>First day (cold start)</h3>", _table(result["first_day"], resources),
+        *([_frontier_section(result["first_day_frontier"], _FIRST_DAY_CAPTION)]
+          if result.get("first_day_frontier") else []),
         _figure(_bars(result, resources), "Waste and violations per method and resource "
                 "(day 2 on)."),
     ]
@@ -80,6 +82,12 @@ def render_report(result: dict[str, Any], data: ReportData) -> str:
                                  f"{esc(name)}: usage against each method's allocation."))
     else:
         parts.append("<p>No series had an allocation from the flow to plot.</p>")
+    if data.young:
+        parts.append("<h2>New instances: their first day</h2>")
+        for name, kept in data.young.items():
+            parts.append(_figure(_series(name, kept, resources),
+                                 f"{esc(name)}, deployed after the trace's first day: usage "
+                                 "against each method's allocation over its first day."))
     parts += ["<h2>Clusters</h2>", _clusters_section(data, resources),
               "<h2>Notes</h2>", _notes(result["notes"]), "</body></html>"]
     return "\n".join(parts)
@@ -154,7 +162,17 @@ def _bars(result: dict[str, Any], resources: Sequence[str]) -> Figure:
     return fig
 
 
-def _frontier_section(frontier: dict[str, Any]) -> str:
+_DAY2_CAPTION = ("Waste against the realised violation rate, day 2 on. Baselines are tuned "
+                 "in-sample per budget (the label of a point is its budget; dotted lines mark "
+                 "the budgets); a hollow point is a family with no setting within its budget "
+                 "(its lowest violation rate).")
+_FIRST_DAY_CAPTION = ("fpstream's first day at each budget: waste against the realised "
+                      "violation rate of every instance's first day (its proactive reserve, "
+                      "then its peers' and its own young decisions); a hollow point is over "
+                      "its budget.")
+
+
+def _frontier_section(frontier: dict[str, Any], text: str = _DAY2_CAPTION) -> str:
     """The frontiers: per resource, waste against the realised violation rate (log x) of
     each method's points, each marked with the budget it was tuned for (or run at), the
     budgets as vertical guides; then the points as a table."""
@@ -162,11 +180,8 @@ def _frontier_section(frontier: dict[str, Any]) -> str:
     if not resources:
         return "<p>No frontier: no resource with budgets.</p>"
     fig, floors = _frontiers(frontier, resources)
-    caption = ("Waste against the realised violation rate, day 2 on. Baselines are tuned "
-               "in-sample per budget (the label of a point is its budget; dotted lines mark "
-               "the budgets); a hollow point is a family with no setting within its budget "
-               "(its lowest violation rate). A violation rate of 0 is drawn at the left "
-               f"edge ({', '.join(f'{f:.2g}' for f in floors)}).")
+    caption = (f"{text} A violation rate of 0 is drawn at the left edge "
+               f"({', '.join(f'{f:.2g}' for f in floors)}).")
     return _figure(fig, caption) + _frontier_table(frontier, resources)
 
 

@@ -464,6 +464,7 @@ def new_scores(resources: Sequence[str], methods: Mapping[str, Sequence[str]]) -
 def score_series(s: Series, fp: dict[str, np.ndarray] | None, scores: Scores,
                  notes: Counter[str], keep: bool = False,
                  arm_scores: dict[str, dict[int, Score]] | None = None,
+                 churn: dict[str, dict[str, list[int]]] | None = None,
                  ) -> dict[str, Any] | None:
     """Add one series to ``scores[phase][resource][method]`` (phases ``rest`` and
     ``first_day``), for the resources and methods ``scores`` holds.
@@ -471,9 +472,14 @@ def score_series(s: Series, fp: dict[str, np.ndarray] | None, scores: Scores,
     With ``arm_scores`` (``[resource][arm index]``), also score the day-2-on steps under an
     allocation of the flow by the experiment arm of that allocation (``fp["arm"]``).
 
+    With ``churn`` (``[resource][method]``: changed, periods), also count the first day's
+    decision periods and changes (``frontier.count_changes``) of fpstream, VPA and Crane.
+
     With ``keep``, return what a report plots: ``ts``, and per resource the usage and every
     method's allocation per step (NaN where unscored).
     """
+    from fpstream.backtest.frontier import count_changes
+
     ts = s.ts.astype(np.float64)
     first_boundary = math.ceil(ts[0] / HOUR) * HOUR
     scored = ts > first_boundary
@@ -496,6 +502,15 @@ def score_series(s: Series, fp: dict[str, np.ndarray] | None, scores: Scores,
         for phase, mask in (("first_day", ok & first_day), ("rest", ok & ~first_day)):
             for name in by_method:
                 scores[phase][res][name].add(alloc[name][mask], usage[mask])
+        if churn is not None:
+            made = {name: d for name, d in decisions.items() if name in by_method}
+            if fp is not None and len(fp["ts"]):
+                made["fpstream"] = fp
+            for name, d in sorted(made.items()):
+                changed, periods = count_changes(d["ts"], d[res], ts[ok & first_day])
+                counts = churn.setdefault(res, {}).setdefault(name, [0, 0])
+                counts[0] += int(changed[0])
+                counts[1] += int(periods[0])
         if arm_scores is not None and fp is not None:
             arm = in_force(fp["ts"], fp["arm"], ts)  # NaN: no allocation of the flow yet
             for k in np.unique(arm[ok & ~first_day & ~np.isnan(arm)]).astype(int).tolist():
@@ -504,6 +519,10 @@ def score_series(s: Series, fp: dict[str, np.ndarray] | None, scores: Scores,
         if keep:
             kept[res] = {"usage": usage, **{m: np.where(ok, a, np.nan) for m, a in alloc.items()}}
     return kept if keep else None
+
+
+def _share(part: int, whole: int) -> float:
+    return round(part / whole, 6) if whole else 0.0
 
 
 def flow_reserve(s: Series, fp: dict[str, np.ndarray] | None, res: str, scored: np.ndarray,
@@ -544,14 +563,23 @@ def budget_runs(budgets: Mapping[str, Sequence[float]],
 def fpstream_frontier(series: Sequence[Series], settings: Settings,
                       budgets: Mapping[str, Sequence[float]], frontier: dict[str, Any],
                       ran: FlowOutput, workers: int = 1,
-                      on_progress: Callable[[int, int], None] | None = None) -> None:
+                      on_progress: Callable[[int, int], None] | None = None,
+                      first_day: dict[str, Any] | None = None) -> None:
     """Add fpstream's points to ``frontier``: the flow run at each of ``budgets``
     (``budget_runs``; ``ran``, the flow already run at the settings' own budgets, stands for
     the run at those), its allocations scored over every series' ``rest`` steps as
-    ``score_series`` scores them, with their churn (``frontier.allocation_churn``)."""
-    from fpstream.backtest.frontier import add_points, allocation_churn, frontier_point
+    ``score_series`` scores them, with their churn (``frontier.allocation_churn``). With
+    ``first_day``, the same runs' points over every series' first day go there (the young
+    instances' frontier: ``{res: {"fpstream": [...]}}``)."""
+    from fpstream.backtest.frontier import (
+        add_points,
+        allocation_churn,
+        count_changes,
+        frontier_point,
+    )
 
     points: dict[str, list[dict[str, Any]]] = {res: [] for res in budgets}
+    young: dict[str, list[dict[str, Any]]] = {res: [] for res in budgets}
     runs = budget_runs(budgets, settings)
     deploys = any(deploy_request(s) is not None for s in series)
     for i, run in enumerate(runs):
@@ -566,21 +594,30 @@ def fpstream_frontier(series: Sequence[Series], settings: Settings,
         for res in budgets:
             if len(points[res]) >= len(budgets[res]) or all(s.usage(res) is None for s in series):
                 continue
-            score, unused = Score(), Counter[str]()
+            score, early, unused = Score(), Score(), Counter[str]()
+            early_churn = [0, 0]
             for s in series:
                 usage = s.usage(res)
                 if usage is None:
                     continue
                 ts = s.ts.astype(np.float64)
-                mine, ok = flow_reserve(s, flow.allocations.get(s.key), res,
-                                        ts > math.ceil(ts[0] / HOUR) * HOUR, unused)
-                mask = ok & ~(ts < ts[0] + DAY)
-                score.add(mine[mask], usage[mask])
+                fp = flow.allocations.get(s.key)
+                mine, ok = flow_reserve(s, fp, res, ts > math.ceil(ts[0] / HOUR) * HOUR, unused)
+                day = ts < ts[0] + DAY
+                score.add(mine[ok & ~day], usage[ok & ~day])
+                early.add(mine[ok & day], usage[ok & day])
+                if fp is not None and len(fp["ts"]):
+                    changed_early, periods_early = count_changes(fp["ts"], fp[res], ts[ok & day])
+                    early_churn[0] += int(changed_early[0])
+                    early_churn[1] += int(periods_early[0])
             changed, periods = allocation_churn(series, flow.allocations, res)
             points[res].append(frontier_point(run[res], score, changed, periods))
+            young[res].append(frontier_point(run[res], early, early_churn[0], early_churn[1]))
     for res, got in points.items():
         if got:
             add_points(frontier, "fpstream", res, got)
+            if first_day is not None:
+                add_points(first_day, "fpstream", res, young[res])
 
 
 @dataclass
@@ -592,9 +629,18 @@ class ReportData:
     fmt: str
     paths: list[str]
     plotted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    young: dict[str, dict[str, Any]] = field(default_factory=dict)
     apps: dict[str, dict[str, Any]] = field(default_factory=dict)
     clusters: Any | None = None
     app_clusters: dict[str, int] = field(default_factory=dict)
+
+
+def first_day_of(kept: dict[str, Any]) -> dict[str, Any]:
+    """What ``score_series`` kept of a series, over its first day only."""
+    ts = np.asarray(kept["ts"], dtype=np.float64)
+    day = ts < ts[0] + DAY
+    return {"ts": ts[day], **{res: {k: np.asarray(v)[day] for k, v in doc.items()}
+                              for res, doc in kept.items() if res != "ts"}}
 
 
 def _app_figures(s: Series) -> dict[str, Any]:
@@ -658,12 +704,13 @@ def experiment_result(mode: str, settings: Settings, flow: FlowOutput,
 def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None = None, *,
                  settings: Settings | None = None, fmt: str = "bitbrains",
                  progress: Progress | None = None, report: PathLike | None = None,
-                 report_series: int = 4, score_on: str | None = None,
+                 report_series: int = 4, report_young: int = 3, score_on: str | None = None,
                  workers: int = 1, experiment: str | None = None,
                  budgets: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
     """Backtest ``limit_series`` series of the traces at ``path`` (one path or several, in
     format ``fmt``: one of ``FORMATS``); the ``--json`` document. With ``report``, also write
-    the HTML report there, plotting ``report_series`` series.
+    the HTML report there, plotting ``report_series`` series, and the first day of
+    ``report_young`` series deployed after the trace's first day.
 
     The flow runs ``settings`` (default: the shipped defaults) with the protocol's decision
     period and window (``backtest_settings``); only the series at ``score_on`` (``"126-250"``;
@@ -725,6 +772,8 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
     scores = new_scores(resources, methods)
     arm_scores: dict[str, dict[int, Score]] | None = (
         {res: {} for res in resources} if experiment is not None else None)
+    churn: dict[str, dict[str, list[int]]] = {}
+    trace_start = min((float(s.ts[0]) for s in series if len(s.ts)), default=0.0)
     data = ReportData(fmt, [str(p) for p in paths], clusters=flow.clusters,
                       app_clusters=flow.app_clusters)
     for n, s in enumerate(series):
@@ -733,28 +782,39 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
         fp = flow.allocations.get(s.key)
         if fp is None:
             notes["series_without_allocation"] += 1
-        keep = report is not None and fp is not None and len(data.plotted) < report_series
-        kept = score_series(s, fp, scores, notes, keep=keep, arm_scores=arm_scores)
-        if kept is not None:
+        plot = report is not None and fp is not None and len(data.plotted) < report_series
+        # a few instances deployed once the fleet had a day of history: their first day
+        young = (report is not None and fp is not None and len(data.young) < report_young
+                 and float(s.ts[0]) >= trace_start + DAY)
+        kept = score_series(s, fp, scores, notes, keep=plot or young, arm_scores=arm_scores,
+                            churn=churn)
+        if kept is not None and plot:
             data.plotted[s.name] = kept
+        if kept is not None and young:
+            data.young[s.name] = first_day_of(kept)
         if report is not None:
             data.apps[s.name] = _app_figures(s)
     t3 = time.perf_counter()
     frontier = None
+    first_day_frontier: dict[str, Any] = {}
     if budgets is not None:
         frontier = baseline_frontier(
             series, budgets, None if progress is None else (
                 lambda done, total: progress("frontier", done, total)))
         fpstream_frontier(series, settings, budgets, frontier, flow, workers,
                           None if progress is None else (
-                              lambda done, total: progress("budgets", done, total)))
+                              lambda done, total: progress("budgets", done, total)),
+                          first_day=first_day_frontier)
     t4 = time.perf_counter()
     rest = scores["rest"]
     result: dict[str, Any] = {
         **{res: {m: rest[res][m].get() for m in methods[res]} for res in resources},
         "steps": rest["cpu"]["fpstream"].steps,
         "series": len(series),
-        "first_day": {res: {m: scores["first_day"][res][m].get() for m in methods[res]}
+        "first_day": {res: {m: {**scores["first_day"][res][m].get(),
+                                **({"changes": _share(*churn[res][m])}
+                                   if m in churn.get(res, {}) else {})}
+                            for m in methods[res]}
                       for res in resources},
         "notes": {
             "first_day_steps": scores["first_day"]["cpu"]["fpstream"].steps,
@@ -777,6 +837,7 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
         result["notes"]["scored_on"] = score_on
     if frontier is not None:
         result["frontier"] = frontier
+        result["first_day_frontier"] = first_day_frontier
     if experiment is not None and arm_scores is not None:
         result["experiment"] = experiment_result(experiment, settings, flow, arm_scores)
     if report is not None:

@@ -31,7 +31,10 @@ def test_the_document_has_the_issue_shape(result: dict[str, Any]) -> None:
         for res in ("cpu", "mem"):
             assert set(doc[res]) == set(METHODS)
             for method, figures in doc[res].items():
-                assert set(figures) == {"waste", "viol", "short"}
+                # the first day's churn, for the methods that decide as they go
+                churned = doc is result["first_day"] and method in ("fpstream", "vpa", "crane")
+                assert set(figures) == {"waste", "viol", "short", *(
+                    ["changes"] if churned else [])}, (method, figures)
                 for name, value in figures.items():
                     assert 0.0 <= value <= 1.0, f"{res} {method} {name} = {value}"
 
@@ -107,7 +110,7 @@ def test_planetlab_has_cpu_only(planetlab: tuple[dict[str, Any], Path]) -> None:
     assert set(result["cpu"]) == set(METHODS)
     for doc in (result["cpu"], result["first_day"]["cpu"]):
         for method, figures in doc.items():
-            assert set(figures) == {"waste", "viol", "short"}
+            assert {"waste", "viol", "short"} <= set(figures)
             assert all(0.0 <= v <= 1.0 for v in figures.values()), (method, figures)
     assert result["cpu"]["oracle"]["viol"] == 0.0
     assert result["cpu"]["manual"]["waste"] > result["cpu"]["oracle"]["waste"]

@@ -76,6 +76,19 @@ def test_fpstream_runs_at_each_budget(result: tuple[dict[str, Any], Path]) -> No
         assert high["waste"] < low["waste"] and high["viol"] > low["viol"], (res, low, high)
 
 
+def test_fpstream_first_day_at_each_budget(result: tuple[dict[str, Any], Path]) -> None:
+    doc = result[0]
+    ran = doc["notes"]["settings"]
+    for res in ("cpu", "mem"):
+        points = {p["budget"]: p for p in doc["first_day_frontier"][res]["fpstream"]}
+        assert sorted(points) == list(BUDGETS[res])
+        # the run at the shipped budgets is the backtest's own first-day figures
+        own = points[ran[f"violation_budget_{res}"]]
+        mine = doc["first_day"][res]["fpstream"]
+        assert (own["waste"], own["viol"], own["changes"]) == pytest.approx(
+            (mine["waste"], mine["viol"], mine["changes"]), abs=1e-4)
+
+
 def test_tuned_vpa_is_at_least_as_good_as_vpa_where_its_budget_allows(
         result: tuple[dict[str, Any], Path]) -> None:
     doc = result[0]

@@ -228,3 +228,23 @@ def test_a_report_without_frontier_has_no_such_section() -> None:
 
 def test_doctests() -> None:
     assert doctest.testmod(frontier).failed == 0
+
+
+def test_the_report_draws_the_first_day_frontier_and_new_instances_first_day() -> None:
+    doc = section(with_fpstream=True)
+    result = {**result_with(doc),
+              "first_day_frontier": {"cpu": {"fpstream": doc["cpu"]["fpstream"]}}}
+    ts = 1_372_629_600.0 + 300.0 * np.arange(1, 289)
+    usage = np.full(len(ts), 0.5)
+    young = {"ts": ts, "cpu": {"usage": usage, "fpstream": usage * 1.2, "vpa": usage * 2}}
+    page = render_report(result, ReportData("bitbrains", ["x"], young={"vm-7": young}))
+    plain = render_report(result_with(doc), ReportData("bitbrains", ["x"]))
+
+    def first_day(page: str) -> str:
+        return page[page.index("<h3>First day (cold start)</h3>"):page.index("<h2>Frontiers")]
+
+    assert first_day(page).count("<svg") == first_day(plain).count("<svg") + 1
+    assert "fpstream's first day at each budget" in first_day(page)
+    assert "<h2>New instances: their first day</h2>" in page
+    assert "vm-7, deployed after the trace's first day" in page
+    assert "New instances" not in plain and "first day at each budget" not in plain
