@@ -77,7 +77,8 @@ def count_changes(decided_at: np.ndarray, values: np.ndarray,
     (1, 1)
     """
     v = np.asarray(values, dtype=np.float64)
-    v = v.reshape(len(v), -1)
+    # one column per rule (an empty array too: a series with no decision changes nothing)
+    v = v.reshape(len(v), int(np.prod(v.shape[1:])))
     k = np.unique(np.searchsorted(np.asarray(decided_at, dtype=np.float64),
                                   np.asarray(ts, dtype=np.float64), side="left") - 1)
     k = k[k >= 1]

@@ -92,6 +92,11 @@ def test_only_decisions_in_force_over_scored_steps_count() -> None:
     changed, periods = count_changes(at, values, np.array([2.5 * HOUR, 2.7 * HOUR]))
     assert (int(changed[0]), int(periods[0])) == (1, 1)  # the one at 2 h, against 1 h's
     assert count_changes(at, values, np.array([0.5 * HOUR]))[1].tolist() == [0]  # no previous
+    # a series too short for any decision (under an hour): nothing in force, nothing changed
+    none = count_changes(np.array([]), np.array([]), np.array([0.2 * HOUR]))
+    assert [int(x[0]) for x in none] == [0, 0]
+    two = count_changes(np.array([]), np.zeros((0, 2)), np.array([0.2 * HOUR]))
+    assert [x.tolist() for x in two] == [[0, 0], [0, 0]]
 
 
 def test_the_flows_churn_is_counted_over_day_two_on() -> None:
