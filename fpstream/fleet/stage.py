@@ -501,15 +501,18 @@ class FleetStage:
             evidence = f"cluster:{cluster}"
         fi.evidence = evidence or ""
         keys = [*([evidence] if evidence else []), "fleet:"]
-        need = dict(need)
+        # ``need`` stays the typical need the evidence predicts (the allocation's
+        # ``predicted``); the reserve covers the budget's quantile.
+        cover = dict(need)
         for r in YOUNG:
             budget = self._budget(r, req.labels, arm)
             size = float(req.requested.get(r, 0.0) or 0.0)
             found = self.pools.reserve(keys, 0.0, r, self._tail(r, budget, 0).tail, size)
             if found is not None:
-                need[r] = found[0]
+                cover[r] = found[0]
                 fi.young[r] = (found[0], found[0], math.nan, 0, budget, True)
-        decision = arm.decide(need, self.config.catalog)
+        decision = arm.decide(cover, self.config.catalog)
+        need = {r: min(v, cover[r]) for r, v in need.items()}  # never above what is reserved
         # Cold-start feedback: the proactive reserve is scored over the first hour.
         self.coldstart.track(req.app, req.instance, decision.reserve, guess.source)
         return [allocation(req.app, req.instance, req.ts, "proactive", decision, need,

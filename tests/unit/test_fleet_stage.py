@@ -174,9 +174,11 @@ def test_a_deploy_request_reserves_the_budget_quantile_of_its_peers() -> None:
     usage = first_hour_cpu(peers)
     # the peers' first hour at the budget's quantile (1 %), not their typical need: well above
     # their 95th percentile, below the 4 cores requested
-    reserve = proactive.predicted["cpu_cores"]
+    reserve = proactive.reserve["cpu_cores"]
     assert np.quantile(usage, 0.95) < reserve <= min(usage.max() * 1.05, 4.0)
     assert reserve > 2.0 * np.median(usage)
+    # what it predicts is still their typical need, below what it reserves
+    assert proactive.predicted["cpu_cores"] < reserve
 
 
 def test_a_young_instance_is_sized_from_its_cluster_before_its_own_history() -> None:
