@@ -22,7 +22,7 @@ or several, after a crash and resume as in a clean run:
   young peers are sized from; a deploy request is answered with a ``proactive`` allocation from
   them, from the fleet's state at the start of the request's decision period: for CPU and
   memory the quantile of the chosen group's first-hour usage that meets the budget, capped by
-  the requested size;
+  the requested size, and never below the typical need the evidence predicts;
 - **the experiment**: every decided period is scored against the reservation in force and
   summed per arm (``fpstream.fleet.experiment``).
 
@@ -502,17 +502,17 @@ class FleetStage:
         fi.evidence = evidence or ""
         keys = [*([evidence] if evidence else []), "fleet:"]
         # ``need`` stays the typical need the evidence predicts (the allocation's
-        # ``predicted``); the reserve covers the budget's quantile.
+        # ``predicted``); the reserve covers the budget's quantile of the group's first hours,
+        # and never less than that typical need.
         cover = dict(need)
         for r in YOUNG:
             budget = self._budget(r, req.labels, arm)
             size = float(req.requested.get(r, 0.0) or 0.0)
             found = self.pools.reserve(keys, 0.0, r, self._tail(r, budget, 0).tail, size)
             if found is not None:
-                cover[r] = found[0]
-                fi.young[r] = (found[0], found[0], math.nan, 0, budget, True)
+                cover[r] = max(found[0], need.get(r, 0.0))
+                fi.young[r] = (found[0], cover[r], math.nan, 0, budget, True)
         decision = arm.decide(cover, self.config.catalog)
-        need = {r: min(v, cover[r]) for r, v in need.items()}  # never above what is reserved
         # Cold-start feedback: the proactive reserve is scored over the first hour.
         self.coldstart.track(req.app, req.instance, decision.reserve, guess.source)
         return [allocation(req.app, req.instance, req.ts, "proactive", decision, need,
