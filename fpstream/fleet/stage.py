@@ -283,6 +283,9 @@ class FleetStage:
                 out.append(self._contained(d, ex))
         windows = sorted((end, d.app, d.instance, i, d, cluster)
                          for d, cluster in clustered for i, end in enumerate(d.ends.tolist()))
+        # each digest's evidence keys, once for all its windows
+        keys = {id(d): (group_keys(evidence_labels(d.labels), d.capacity), f"cluster:{cluster}")
+                for d, cluster in clustered}
         failed: set[tuple[str, str]] = set()
         for end, app, instance, i, d, cluster in windows:
             if (app, instance) in failed:
@@ -291,8 +294,8 @@ class FleetStage:
                 peak = d.window_peak(i)
                 self.coldstart.learn(d.labels, d.capacity, cluster, peak,
                                      app=app, instance=instance, ts=end)
-                self.pools.learn(group_keys(evidence_labels(d.labels), d.capacity),
-                                 (app, instance), end, peak, d.capacity, f"cluster:{cluster}")
+                groups, placed = keys[id(d)]
+                self.pools.learn(groups, (app, instance), end, peak, d.capacity, placed)
             except Exception as ex:  # noqa: BLE001 - no item may stop the stage
                 failed.add((app, instance))
                 out.append(self._contained(d, ex))
