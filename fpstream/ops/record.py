@@ -317,6 +317,37 @@ def _prepare_topic(settings: Settings, topic: str, summary: FileSummary, keep_pa
                               f"partition {summary.max_partition}")
 
 
+class Pacer:
+    """Holds each message back until its recorded time, ``speed`` times faster than recorded.
+
+    The first timestamp seen is sent at once; a later one waits until its offset from the first,
+    divided by ``speed``, has passed on ``clock``. ``wait`` is how the time is spent (the producer
+    serves delivery reports meanwhile), in slices of at most ``slice_s``.
+    """
+
+    def __init__(self, speed: float, wait: Callable[[float], None],
+                 clock: Callable[[], float] = time.monotonic, slice_s: float = 0.2) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self.speed = speed
+        self._wait = wait
+        self._clock = clock
+        self._slice = slice_s
+        self._origin: tuple[int, float] | None = None  # (first timestamp, when it was sent)
+
+    def due(self, timestamp_ms: int) -> float:
+        """The clock reading at which a message with this timestamp may be sent."""
+        if self._origin is None:
+            self._origin = (timestamp_ms, self._clock())
+        return self._origin[1] + (timestamp_ms - self._origin[0]) / 1000.0 / self.speed
+
+    def until(self, timestamp_ms: int) -> None:
+        """Wait until a message with this timestamp is due."""
+        due = self.due(timestamp_ms)
+        while (left := due - self._clock()) > 0:
+            self._wait(min(left, self._slice))
+
+
 def replay_file(settings: Settings, path: str | os.PathLike[str], topic: str, *,
                 speed: float | None = None, keep_partitions: bool = False,
                 create_topic: bool = False, partitions: int | None = None,
@@ -342,14 +373,10 @@ def replay_file(settings: Settings, path: str | os.PathLike[str], topic: str, *,
     tick = _Ticker(progress)
     started = time.monotonic()
     producer = _RecordProducer(settings)
-    origin: tuple[int, float] | None = None  # (first timestamp, when it was sent)
+    pacer = Pacer(speed, wait=producer.wait) if speed is not None else None
     for _, rec in read_records(path):
-        if speed is not None and rec.timestamp_ms is not None:
-            if origin is None:
-                origin = (rec.timestamp_ms, time.monotonic())
-            due = origin[1] + (rec.timestamp_ms - origin[0]) / 1000.0 / speed
-            while (left := due - time.monotonic()) > 0:
-                producer.wait(min(left, 0.2))
+        if pacer is not None and rec.timestamp_ms is not None:
+            pacer.until(rec.timestamp_ms)
         producer.send_recorded(topic, rec, rec.partition if keep_partitions else None)
         stats.messages += 1
         tick(stats.messages, summary.messages)

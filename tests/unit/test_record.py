@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from fpstream.cli import app
+from fpstream.ops.record import Pacer
 from fpstream.records import (
     Recorded,
     RecordFileError,
@@ -178,3 +179,44 @@ def test_replay_command_rejects_bad_files_before_any_kafka(tmp_path: Path) -> No
     assert result.exit_code == 2 and "at most one of" in result.stderr
     result = runner.invoke(app, ["replay", str(bad), "--speed", "0", *offline])
     assert result.exit_code == 2 and "--speed must be > 0" in result.stderr
+
+
+class FakeClock:
+    """A clock that moves only when the pacer waits."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+@pytest.mark.parametrize("speed", [0.5, 1.0, 2.0, 10.0])
+def test_pacer_sends_each_message_at_its_recorded_offset_over_speed(speed: float) -> None:
+    clock = FakeClock()
+    pacer = Pacer(speed, wait=clock.wait, clock=clock, slice_s=0.2)
+    sent = []
+    for ts_ms in (5_000, 5_000, 5_500, 7_000, 6_000, 9_000):
+        pacer.until(ts_ms)
+        sent.append(clock.now - 100.0)
+    assert sent == pytest.approx([0.0, 0.0, 0.5 / speed, 2.0 / speed, 2.0 / speed, 4.0 / speed])
+    assert all(0 < w <= 0.2 + 1e-12 for w in clock.waits)
+
+
+def test_pacer_does_not_wait_for_time_already_spent() -> None:
+    clock = FakeClock()
+    pacer = Pacer(1.0, wait=clock.wait, clock=clock)
+    pacer.until(0)
+    clock.now += 3.0  # sending was slow
+    pacer.until(2_000)
+    assert clock.waits == []
+
+
+def test_pacer_refuses_a_speed_that_is_not_positive() -> None:
+    with pytest.raises(ValueError, match="speed"):
+        Pacer(0.0, wait=lambda _: None)
