@@ -166,6 +166,34 @@ class Hist:
         return float(2.0 ** ((max(self.bins) + at) / self.SCALE))
 
 
+    def cheapest(self, scale: float, price: float) -> float | None:
+        """The bin edge ``q`` that costs least per window when ``scale * q`` is reserved for a
+        value drawn from the histogram times ``scale``: ``scale * E[max(q - x, 0)]`` of slack
+        plus ``price * P(x > q)``, a violated window costing ``price`` (in the units of
+        ``scale``). A higher price buys a higher edge; None when empty.
+
+        >>> h = Hist()
+        >>> for x in [1.0] * 98 + [4.0] * 2:
+        ...     h.update(x)
+        >>> round(h.cheapest(1.0, 0.5), 2), round(h.cheapest(1.0, 200.0), 2)
+        (1.04, 4.18)
+        """
+        if not self.n:
+            return None
+        edges = sorted(self.bins)
+        # candidates: 0 (every positive value above it) and each bin's upper edge
+        best_q, best_cost = 0.0, price * (self.n - self.zeros) / self.n
+        below, below_sum = self.zeros, 0.0  # values at or under the candidate, their sum
+        for b in edges:
+            below += self.bins[b]
+            below_sum += self.bins[b] * 2.0 ** ((b + 0.5) / self.SCALE)
+            q = 2.0 ** ((b + 1) / self.SCALE)
+            cost = (scale * (q * below - below_sum) + price * (self.n - below)) / self.n
+            if cost < best_cost:
+                best_q, best_cost = q, cost
+        return best_q
+
+
 class InstanceNeed:
     """One instance's 95th percentile of window peaks per resource, absolute and relative to
     its size, and what each evidence key would have guessed for it (``guesses``, judged once

@@ -56,12 +56,14 @@ def budget_of(resource: str, labels: Mapping[str, str], default: float) -> float
 
 class PriceController:
     """The price of a violated window for the instances sharing one budget (module
-    docstring)."""
+    docstring). With ``clip``, one period's error counts at most ``clip`` times the budget:
+    for instances whose misses come in bursts all at once (young ones, sized alike from
+    their peers), so that one burst does not send the price to its bound."""
 
-    __slots__ = ("resource", "budget", "eta", "eta0", "log_price", "updates")
+    __slots__ = ("budget", "clip", "eta", "eta0", "log_price", "resource", "updates")
 
     def __init__(self, resource: str, budget: float, eta: float = 0.05,
-                 eta0: float = 1.0) -> None:
+                 eta0: float = 1.0, clip: float | None = None) -> None:
         if resource not in _INITIAL:
             raise ValueError(f"resource must be one of {list(_INITIAL)}, got {resource!r}")
         if not 0.0 < budget < 1.0:
@@ -74,6 +76,7 @@ class PriceController:
         self.eta0 = eta0
         self.log_price = math.log(_INITIAL[resource])
         self.updates = 0
+        self.clip = clip
 
     @property
     def price(self) -> float:
@@ -86,6 +89,9 @@ class PriceController:
             return
         self.updates += 1
         eta = max(self.eta, self.eta0 / math.sqrt(self.updates))
-        self.log_price += eta * (violations / windows - self.budget) / self.budget
+        error = (violations / windows - self.budget) / self.budget
+        if self.clip is not None:
+            error = min(error, self.clip)
+        self.log_price += eta * error
         lo, hi = _BOUNDS[self.resource]
         self.log_price = min(max(self.log_price, math.log(lo)), math.log(hi))

@@ -12,17 +12,19 @@ or several, after a crash and resume as in a clean run:
   periods. An instance with enough history reserves, for CPU and memory, the rule of its own
   that minimises ``slack + price * violations`` at the price of its violation budget, and the
   prices are controlled so that the budgets hold (``fpstream.fleet.budget``); a younger one
-  reserves, once its first period has placed it in a cluster, the quantile of its peers' usage
-  at the same age that meets its budget, or its own cautious rule (twice its peak so far) where
-  that has cost less at that age (``fpstream.fleet.young``). Its A/B arm
+  reserves its own mean so far plus its spread times how far its peers at the same age grew
+  beyond theirs (its cluster's once ``cluster_after_s`` of data has placed it), at the price of
+  a violated window young instances' budget sets, or its own cautious rule (twice its peak so
+  far) where that has cost less at that age (``fpstream.fleet.young``). Its A/B arm
   (``fpstream.fleet.arms``) scales its budget and adds its headroom; the policy snaps the
   reserve to the catalog (``fpstream.policy``);
 - **cold start**: the windows of every digest teach the evidence groups and the label
   classifier (``fpstream.coldstart``), and those of every instance's first day the pools its
   young peers are sized from; a deploy request is answered with a ``proactive`` allocation from
   them, from the fleet's state at the start of the request's decision period: for CPU and
-  memory the quantile of the chosen group's first-hour usage that meets the budget, capped by
-  the requested size, and never below the typical need the evidence predicts;
+  memory the share of the requested size that the chosen group's first hours make cheapest at
+  the young instances' price, capped by that size, and never below the typical need the
+  evidence predicts;
 - **the experiment**: every decided period is scored against the reservation in force and
   summed per arm (``fpstream.fleet.experiment``).
 
@@ -51,7 +53,7 @@ from fpstream.fingerprint import Fingerprinter
 from fpstream.fleet.arms import ArmAssigner, GroupArms, InstanceArms
 from fpstream.fleet.budget import PriceController, budget_of
 from fpstream.fleet.experiment import Experiment, ExperimentSnapshot
-from fpstream.fleet.young import YOUNG, AgePools, TailController, YoungChoice, age_bucket
+from fpstream.fleet.young import YOUNG, YOUNG_PRICE_CLIP, AgePools, YoungChoice, age_bucket
 from fpstream.ingest import item_letter
 from fpstream.ordering import EARLY, LATE, EventTimeOrder
 from fpstream.policy import Decision, Policy, changed_materially
@@ -147,9 +149,9 @@ class FleetInstance:
     (its reserve, type and arm, and the budgets whose prices chose it, if any), its guard
     rail, and how accurate its forecasts have been. While young: its peak so far, the group
     its deploy was answered from (``evidence``; "" when none), and per resource what its
-    peers and its own rule proposed for the period in force (``young``: the peers' quantile,
-    that floored by its peak so far, its own rule or NaN, the age bucket, the budget, whether
-    the peers' reserve is in force)."""
+    peers and its own rule proposed for the period in force (``young``: the peers' reserve,
+    its own rule or NaN, the age bucket, the budget, whether the peers' reserve is in
+    force)."""
 
     last_ts: float
     own: dict[str, float] = field(default_factory=dict)
@@ -160,10 +162,8 @@ class FleetInstance:
     proactive_sent: bool = False
     arms: InstanceArms = field(default_factory=InstanceArms)
     error: list[float] = field(default_factory=lambda: [0.0, 0.0])
-    peak: dict[str, float] = field(default_factory=dict)
     evidence: str | None = None
-    young: dict[str, tuple[float, float, float, int, float, bool]] = field(
-        default_factory=dict)
+    young: dict[str, tuple[float, float, int, float, bool]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -192,9 +192,10 @@ class FleetStage:
         self.prices: dict[tuple[str, float], PriceController] = {}
         self._realised: dict[tuple[str, float], list[int]] = {}  # this period's, per price
         self.pools = AgePools(max_instances=config.max_apps)
-        self.tails: dict[tuple[str, float, int], TailController] = {}  # (r, budget, age)
         self.choice = YoungChoice()
-        self._young_realised: dict[tuple[str, float, int], list[int]] = {}  # per tail
+        # young instances' own prices per budget, and what the peers' reserves realised
+        self.young_prices: dict[tuple[str, float], PriceController] = {}
+        self._young_realised: dict[tuple[str, float], list[int]] = {}
         self.instances: dict[tuple[str, str], FleetInstance] = {}
         # app -> its instances, the least recently active app first
         self.apps: OrderedDict[str, set[str]] = OrderedDict()
@@ -295,7 +296,8 @@ class FleetStage:
                 self.coldstart.learn(d.labels, d.capacity, cluster, peak,
                                      app=app, instance=instance, ts=end)
                 groups, placed = keys[id(d)]
-                self.pools.learn(groups, (app, instance), end, peak, d.capacity, placed)
+                self.pools.learn(groups, (app, instance), end, peak, d.capacity, placed,
+                                 period=d.ts)
             except Exception as ex:  # noqa: BLE001 - no item may stop the stage
                 failed.add((app, instance))
                 out.append(self._contained(d, ex))
@@ -313,9 +315,8 @@ class FleetStage:
         for key, (violated, scored_windows) in sorted(self._realised.items()):
             self.prices[key].learn(violated, scored_windows)
         self._realised.clear()
-        for (r, budget, bucket), (violated, scored_windows) in sorted(
-                self._young_realised.items()):
-            self._tail(r, budget, bucket).learn(violated, scored_windows)
+        for key, (violated, scored_windows) in sorted(self._young_realised.items()):
+            self._young_price(*key).learn(violated, scored_windows)
         self._young_realised.clear()
         for d, cluster in scored:
             try:
@@ -347,10 +348,6 @@ class FleetStage:
         fi.last_ts, fi.own = d.ts, d.own
         if fi.young and len(d.peaks):
             self._score_young(d, fi)
-        if not d.warm:
-            for r, top in d.peak.items():
-                if r in YOUNG:
-                    fi.peak[r] = max(fi.peak.get(r, 0.0), top)
         if d.error is not None:
             for r, err in zip(RESOURCES, d.error.tolist(), strict=True):
                 if not math.isnan(err):
@@ -370,7 +367,7 @@ class FleetStage:
         self.experiment.assigned(arm.name)
         need, budgets = dict(d.own), {}
         if d.warm and d.frontiers:
-            fi.young, fi.peak = {}, {}
+            fi.young = {}
             for r, frontier in sorted(d.frontiers.items()):
                 budgets[r] = self._budget(r, d.labels, arm)
                 need[r] = frontier.choose(self.prices[(r, budgets[r])].price)
@@ -421,35 +418,39 @@ class FleetStage:
         for r in YOUNG:
             budget = self._budget(r, d.labels, arm)
             size = float(d.capacity.get(r, 0.0) or 0.0)
-            found = self.pools.reserve(keys, age, r, self._tail(r, budget, bucket).tail, size)
+            own = self.pools.own((d.app, d.instance), r)
+            found = self.pools.reserve(keys, age, r, self._young_price(r, budget).price, size,
+                                       own=own)
             if found is None:
                 continue
-            peers = max(found[0], fi.peak.get(r, 0.0))
+            peers = found[0]
             use = self.choice.peers(r, bucket)
-            fi.young[r] = (found[0], peers, float(d.own.get(r, 0.0)), bucket, budget, use)
+            fi.young[r] = (peers, float(d.own.get(r, 0.0)), bucket, budget, use)
             if use:
                 out[r] = peers
         return out
 
     def _score_young(self, d: Digest, fi: FleetInstance) -> None:
         """The period ``d`` closed: what the peers' and the own reserve would each have cost,
-        and how often the peers' quantile itself was exceeded (its tail's control: the
-        quantile is calibrated, whatever floor or choice was applied on top)."""
-        for r, (quantile, peers, own, bucket, budget, _) in fi.young.items():
+        and, where the peers' reserve was in force, what it realised for the price of its
+        budget (young and older instances share one price per budget)."""
+        for r, (peers, own, bucket, budget, use) in fi.young.items():
             usage = d.peaks[:, RESOURCES.index(r)].tolist()
             if not math.isnan(own):
                 self.choice.learn(r, bucket, usage, peers, own,
-                                  self.prices[(r, budget)].price)
-            realised = self._young_realised.setdefault((r, budget, bucket), [0, 0])
-            realised[0] += d.violations(r, quantile)
-            realised[1] += len(usage)
+                                  self._young_price(r, budget).price)
+            if use:
+                realised = self._young_realised.setdefault((r, budget), [0, 0])
+                realised[0] += d.violations(r, peers)
+                realised[1] += len(usage)
         fi.young = {}
 
-    def _tail(self, resource: str, budget: float, bucket: int) -> TailController:
-        tail = self.tails.get((resource, budget, bucket))
-        if tail is None:
-            tail = self.tails[(resource, budget, bucket)] = TailController(budget)
-        return tail
+    def _young_price(self, resource: str, budget: float) -> PriceController:
+        price = self.young_prices.get((resource, budget))
+        if price is None:
+            price = self.young_prices[(resource, budget)] = PriceController(
+                resource, budget, clip=YOUNG_PRICE_CLIP)
+        return price
 
     def _budget(self, resource: str, labels: dict[str, str], arm: Policy) -> float:
         """The budget an instance's arm runs at, with its price; a new budget beyond
@@ -511,10 +512,10 @@ class FleetStage:
         for r in YOUNG:
             budget = self._budget(r, req.labels, arm)
             size = float(req.requested.get(r, 0.0) or 0.0)
-            found = self.pools.reserve(keys, 0.0, r, self._tail(r, budget, 0).tail, size)
+            found = self.pools.reserve(keys, 0.0, r, self._young_price(r, budget).price, size)
             if found is not None:
                 cover[r] = max(found[0], need.get(r, 0.0))
-                fi.young[r] = (found[0], cover[r], math.nan, 0, budget, True)
+                fi.young[r] = (cover[r], math.nan, 0, budget, True)
         decision = arm.decide(cover, self.config.catalog)
         # Cold-start feedback: the proactive reserve is scored over the first hour.
         self.coldstart.track(req.app, req.instance, decision.reserve, guess.source)

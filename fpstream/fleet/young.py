@@ -1,56 +1,72 @@
-"""Young instances: sized from their peers at the same age, at the quantile their budget sets.
+"""Young instances: sized from their peers at the same age, at the price their budget sets.
 
 An instance with fewer than ``warmup`` periods of its own history cannot yet choose among its
 own rules (``fpstream.selector``), but the fleet knows its kind. Every window of an instance's
 first day that the fleet stage learns goes into pools (``AgePools``), one per evidence key (the
 instance's cluster, its label values and label combination, its size bucket, the fleet: the
 keys of ``fpstream.coldstart``) and per age of its instance (``AGES``: the first hour, hours
-1-6, hours 6-24), relative to its instance's size where it has one. A deploy request, or a young
-instance at the end of a period, reserves per resource the pool's ``1 - tail`` quantile times
-its size, capped by that size and never below its own peak so far: a share ``tail`` of its
-peers' windows at that age exceeded that much.
+1-6, hours 6-24), in two forms:
 
-``tail`` starts at the instance's violation budget and is controlled online
-(``TailController``, as the prices of ``fpstream.fleet.budget``) from what the young instances
-reserved from their peers realise, so the first day's violation rate tracks the budget whatever
-the fleet.
+- relative to its instance's size (absolute without one): what a deploy request, before any
+  window of its own, is sized from, capped by the requested size;
+- as growth over its instance's own history before the period: ``(u - mean) / spread``, with
+  ``mean`` the instance's mean window so far and ``spread`` how far its peak so far rose above
+  that mean (at least ``MIN_SPREAD`` of the peak). A young instance with windows of its own
+  reserves ``mean + g * spread`` from its own mean and spread and its peers' growth ``g``: its
+  own history sets the level and the scale, its peers how far an instance of its kind and age
+  still goes beyond what it has shown.
 
-Which pool: the instance's cluster once its fingerprint has placed it (its first digest), else
-the evidence the cold-start ranking chose when it was deployed, else the fleet; the first of
-them with ``min_members`` instances and ``min_windows`` windows at that age, else at the nearest
-age that has them.
+Which ``g`` (or share of the size): the one whose expected ``spread * slack + price *
+violations`` per window is least (``Hist.cheapest``), a violated window costing the price of
+the instance's budget for young instances. That price is controlled online from what the
+young instances' peer reserves realise, as the prices of ``fpstream.fleet.budget``, with one
+period's error clipped at ``YOUNG_PRICE_CLIP`` times the budget: young instances sized alike
+miss together, in bursts, and one burst must not send the price to its bound. So a bursty,
+large instance is left more of the budget than a steady small one, and the first day's
+violation rate tracks the budget whatever the fleet.
+
+Which pool: the instance's cluster once its fingerprint has placed it, else the evidence the
+cold-start ranking chose when it was deployed, else the fleet; the first of them with
+``min_members`` instances and ``min_windows`` windows at that age, else at the nearest age
+that has them.
 
 Own history against the peers (``YoungChoice``): every young period, both the peers' reserve
 and the instance's own cautious rule (twice its peak so far) are scored on the period's windows
-as ``slack + price * violations`` at the price of its budget, summed per resource and age over
-the fleet; the one that has cost less so far at that age decides, until the instance's own
-rules take over.
+as ``slack + price * violations``, summed per resource and age over the fleet; the one that has
+cost less so far at that age decides, until the instance's own rules take over.
 
 >>> pools = AgePools()
 >>> for i in range(4):
 ...     for w in range(12):
 ...         pools.learn(("size:c4",), (f"vm-{i}", f"vm-{i}"), 300.0 * w,
 ...                     {"cpu_cores": 0.1 * (i + 1)}, {"cpu_cores": 4.0})
->>> found = pools.reserve(["size:c4"], 0.0, "cpu_cores", 0.01, 4.0)
+>>> found = pools.reserve(["size:c4"], 0.0, "cpu_cores", 100.0, 4.0)  # before any own window
 >>> round(found[0], 2), found[1]
 (0.4, 'size:c4')
+>>> [round(x, 3) for x in pools.own(("vm-1", "vm-1"), "cpu_cores")]  # its mean and peak so far
+[0.2, 0.2]
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fpstream.coldstart import Hist
 
-__all__ = ["AGES", "AgePools", "TailController", "YoungChoice", "age_bucket"]
+__all__ = ["AGES", "AgePools", "YoungChoice", "age_bucket"]
 
 #: Upper edges of the age buckets (seconds since an instance's first window); an instance
 #: older than the last edge is no longer learned from, and reads the last bucket.
 AGES: tuple[float, ...] = (3600.0, 6 * 3600.0, 86_400.0)
+#: The least spread of an instance's windows, as a share of its peak, that its growth is
+#: measured in (an instance that has been flat so far may still grow).
+MIN_SPREAD = 0.05
+#: How many times its budget one period's violation rate counts at most for the price of
+#: young instances' violated windows (``fpstream.fleet.budget.PriceController``).
+YOUNG_PRICE_CLIP = 3.0
 #: The resources young instances are sized for from their peers.
 YOUNG: tuple[str, ...] = ("cpu_cores", "mem_bytes")
 
@@ -63,10 +79,12 @@ def age_bucket(age_s: float) -> int:
 @dataclass(slots=True)
 class _Bucket:
     """Peers' windows at one age: their peaks relative to their size (``rel``) or, for
-    instances without a size, absolute (``abs``), per resource, and how many instances."""
+    instances without a size, absolute (``abs``), and relative to the peak their instance had
+    shown before the period (``growth``), per resource; and how many instances."""
 
     rel: dict[str, Hist] = field(default_factory=dict)
     abs: dict[str, Hist] = field(default_factory=dict)
+    growth: dict[str, Hist] = field(default_factory=dict)
     members: int = 0
 
 
@@ -75,6 +93,9 @@ class _Seen:
     first: float
     bucket: int = -1
     cluster: str | None = None
+    period: float | None = None  # the period its latest windows belong to
+    before: dict[str, list[float]] = field(default_factory=dict)  # [peak, sum, n] before it
+    current: dict[str, list[float]] = field(default_factory=dict)  # [peak, sum, n] within it
 
 
 class AgePools:
@@ -97,9 +118,10 @@ class AgePools:
 
     def learn(self, keys: Sequence[str], instance: tuple[str, str], ts: float,
               peak: Mapping[str, float], capacity: Mapping[str, float],
-              cluster: str | None = None) -> None:
-        """One window of ``instance`` ending at ``ts``: into the pools of ``keys`` and of its
-        ``cluster`` key, at its age."""
+              cluster: str | None = None, period: float | None = None) -> None:
+        """One window of ``instance`` ending at ``ts``, of the decision period ``period`` (its
+        end; default ``ts``): into the pools of ``keys`` and of its ``cluster`` key, at its
+        age."""
         seen = self.seen.get(instance)
         if seen is None:
             seen = self.seen[instance] = _Seen(ts)
@@ -110,6 +132,12 @@ class AgePools:
         age = ts - seen.first
         if age >= AGES[-1]:
             return
+        period = ts if period is None else period
+        if period != seen.period:
+            for r, (top, total, n) in seen.current.items():
+                level = seen.before.setdefault(r, [0.0, 0.0, 0.0])
+                level[0], level[1], level[2] = max(level[0], top), level[1] + total, level[2] + n
+            seen.period, seen.current = period, {}
         b = age_bucket(age)
         entered = b != seen.bucket
         moved = cluster is not None and cluster != seen.cluster
@@ -121,11 +149,25 @@ class AgePools:
             for r in YOUNG:
                 u = float(peak.get(r, 0.0))
                 cap = float(capacity.get(r, 0.0) or 0.0)
-                hists, x = (bucket.rel, u / cap) if cap > 0 else (bucket.abs, u)
-                h = hists.get(r)
-                if h is None:
-                    h = hists[r] = Hist()
-                h.update(x)
+                _add(*((bucket.rel, u / cap) if cap > 0 else (bucket.abs, u)), r)
+                before = seen.before.get(r)
+                if before is not None and before[0] > 0:
+                    mean, spread = _spread(before)
+                    _add(bucket.growth, (u - mean) / spread, r)
+        for r in YOUNG:
+            u = float(peak.get(r, 0.0))
+            now = seen.current.setdefault(r, [0.0, 0.0, 0.0])
+            now[0], now[1], now[2] = max(now[0], u), now[1] + u, now[2] + 1
+
+    def own(self, instance: tuple[str, str], resource: str) -> tuple[float, float] | None:
+        """The mean and the peak of ``instance``'s windows so far (None before any)."""
+        seen = self.seen.get(instance)
+        if seen is None:
+            return None
+        a = seen.before.get(resource, [0.0, 0.0, 0.0])
+        b = seen.current.get(resource, [0.0, 0.0, 0.0])
+        n = a[2] + b[2]
+        return None if not n else ((a[1] + b[1]) / n, max(a[0], b[0]))
 
     def _pool(self, key: str) -> list[_Bucket]:
         pool = self.pools.get(key)
@@ -137,55 +179,56 @@ class AgePools:
             self.pools.move_to_end(key)
         return pool
 
-    def reserve(self, keys: Sequence[str], age_s: float, resource: str, tail: float,
-                size: float) -> tuple[float, str] | None:
-        """The ``1 - tail`` quantile of the first of ``keys`` whose pool has enough evidence at
-        ``age_s`` (else at the nearest age that has), times ``size`` and capped by it where the
-        size is known (absolute otherwise); with the key that answered."""
+    def reserve(self, keys: Sequence[str], age_s: float, resource: str, price: float,
+                size: float, own: tuple[float, float] | None = None
+                ) -> tuple[float, str] | None:
+        """What a young instance should reserve of ``resource`` at ``age_s``, a violated window
+        costing ``price``, from the first of ``keys`` whose pool has enough evidence at that
+        age (else at the nearest age that has); with the key that answered.
+
+        With its ``own`` mean and peak so far, the reserve is its mean plus the peers' growth
+        (``Hist.cheapest``) times its spread: a size it has outgrown does not cap it. Before
+        any window of its own, the peers' peaks relative to their size times ``size``, capped
+        by it; without a size, the peers' absolute peaks."""
         want = age_bucket(age_s)
         by_distance = sorted(range(len(AGES)), key=lambda b: (abs(b - want), -b))
+        grows = own is not None and own[1] > 0
+        mean, spread = _spread(own) if own is not None and grows else (0.0, 0.0)
         for key in keys:
             pool = self.pools.get(key)
             if pool is None:
                 continue
             for b in by_distance:
-                hist = (pool[b].rel if size > 0 else pool[b].abs).get(resource)
-                if (hist is None or pool[b].members < self.min_members
-                        or hist.n < self.min_windows):
+                if pool[b].members < self.min_members:
                     continue
-                q = hist.quantile(1.0 - tail, upper=True)
+                hists, scale = ((pool[b].growth, spread) if grows
+                                else (pool[b].rel, size) if size > 0 else (pool[b].abs, 1.0))
+                hist = hists.get(resource)
+                if hist is None or hist.n < self.min_windows:
+                    continue
+                q = hist.cheapest(scale, price)
                 assert q is not None
+                if grows:
+                    return mean + q * spread, key
                 return (min(q, 1.0) * size if size > 0 else q), key
         return None
 
 
-class TailController:
-    """The share of peers' windows a young instance's reserve leaves above it, for the young
-    instances sharing one budget: ``log tail -= eta * (r - budget) / budget`` after every
-    period in which they realised a rate ``r`` (``eta`` settling as the prices' does)."""
+def _spread(level: Sequence[float]) -> tuple[float, float]:
+    """The mean of an instance's windows so far and how far its peak rose above it (at least
+    ``MIN_SPREAD`` of the peak), from its peak, sum and count (or its mean and peak)."""
+    if len(level) == 3:
+        top, mean = level[0], level[1] / level[2]
+    else:
+        mean, top = level[0], level[1]
+    return mean, max(top - mean, MIN_SPREAD * top)
 
-    __slots__ = ("budget", "eta", "eta0", "log_tail", "updates")
 
-    def __init__(self, budget: float, eta: float = 0.05, eta0: float = 1.0) -> None:
-        if not 0.0 < budget < 1.0:
-            raise ValueError(f"budget must be a share of windows in (0, 1), got {budget!r}")
-        self.budget = budget
-        self.eta = eta
-        self.eta0 = eta0
-        self.log_tail = math.log(budget)
-        self.updates = 0
-
-    @property
-    def tail(self) -> float:
-        return math.exp(self.log_tail)
-
-    def learn(self, violations: int, windows: int) -> None:
-        if windows <= 0:
-            return
-        self.updates += 1
-        eta = max(self.eta, self.eta0 / math.sqrt(self.updates))
-        self.log_tail -= eta * (violations / windows - self.budget) / self.budget
-        self.log_tail = min(max(self.log_tail, math.log(1e-5)), math.log(0.5))
+def _add(hists: dict[str, Hist], x: float, resource: str) -> None:
+    h = hists.get(resource)
+    if h is None:
+        h = hists[resource] = Hist()
+    h.update(x)
 
 
 class YoungChoice:

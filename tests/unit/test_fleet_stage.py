@@ -190,11 +190,12 @@ def test_a_young_instance_is_sized_from_its_cluster_before_its_own_history() -> 
     placed = [d for d in new if d.periods * 300.0 >= 900.0]
     assert placed and not any(d.warm for d in new)
     for d in placed:
-        # the allocation in force after the period: its peers' 1.0-1.1 cores, not its own
-        # cautious rule (twice its peak, over 2 cores)
+        # the allocation in force after the period: its own 1.0-1.1 cores plus how far its
+        # peers went beyond theirs at that age, not its own cautious rule (twice its peak,
+        # over 2 cores)
         a = mine[max(ts for ts in mine if ts <= d.ts)]
         assert d.own["cpu_cores"] > 2.0
-        assert 1.1 <= a.predicted["cpu_cores"] <= 1.2, a
+        assert 1.0 <= a.predicted["cpu_cores"] <= 1.2, a
     # its cluster's pool holds its peers' first hours
     pool = stage.pools.pools[f"cluster:{stage.clusters.cluster_of('web-new')}"]
     assert pool[0].members >= 4
