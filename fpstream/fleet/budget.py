@@ -56,14 +56,16 @@ def budget_of(resource: str, labels: Mapping[str, str], default: float) -> float
 
 class PriceController:
     """The price of a violated window for the instances sharing one budget (module
-    docstring). With ``clip``, one period's error counts at most ``clip`` times the budget:
+    docstring), from ``initial`` (default: the resource's usual start). With ``clip``, one
+    period's error counts at most ``clip`` times the budget:
     for instances whose misses come in bursts all at once (young ones, sized alike from
     their peers), so that one burst does not send the price to its bound."""
 
     __slots__ = ("budget", "clip", "eta", "eta0", "log_price", "resource", "updates")
 
     def __init__(self, resource: str, budget: float, eta: float = 0.05,
-                 eta0: float = 1.0, clip: float | None = None) -> None:
+                 eta0: float = 1.0, clip: float | None = None,
+                 initial: float | None = None) -> None:
         if resource not in _INITIAL:
             raise ValueError(f"resource must be one of {list(_INITIAL)}, got {resource!r}")
         if not 0.0 < budget < 1.0:
@@ -74,7 +76,7 @@ class PriceController:
         self.budget = budget
         self.eta = eta
         self.eta0 = eta0
-        self.log_price = math.log(_INITIAL[resource])
+        self.log_price = math.log(_INITIAL[resource] if initial is None else initial)
         self.updates = 0
         self.clip = clip
 

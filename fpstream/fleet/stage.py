@@ -53,7 +53,14 @@ from fpstream.fingerprint import Fingerprinter
 from fpstream.fleet.arms import ArmAssigner, GroupArms, InstanceArms
 from fpstream.fleet.budget import PriceController, budget_of
 from fpstream.fleet.experiment import Experiment, ExperimentSnapshot
-from fpstream.fleet.young import YOUNG, YOUNG_PRICE_CLIP, AgePools, YoungChoice, age_bucket
+from fpstream.fleet.young import (
+    YOUNG,
+    YOUNG_PRICE_CLIP,
+    YOUNG_PRICE_INITIAL,
+    AgePools,
+    YoungChoice,
+    age_bucket,
+)
 from fpstream.ingest import item_letter
 from fpstream.ordering import EARLY, LATE, EventTimeOrder
 from fpstream.policy import Decision, Policy, changed_materially
@@ -449,7 +456,7 @@ class FleetStage:
         price = self.young_prices.get((resource, budget))
         if price is None:
             price = self.young_prices[(resource, budget)] = PriceController(
-                resource, budget, clip=YOUNG_PRICE_CLIP)
+                resource, budget, clip=YOUNG_PRICE_CLIP, initial=YOUNG_PRICE_INITIAL[resource])
         return price
 
     def _budget(self, resource: str, labels: dict[str, str], arm: Policy) -> float:

@@ -67,6 +67,11 @@ MIN_SPREAD = 0.05
 #: How many times its budget one period's violation rate counts at most for the price of
 #: young instances' violated windows (``fpstream.fleet.budget.PriceController``).
 YOUNG_PRICE_CLIP = 3.0
+#: Where the young instances' price of a violated window starts, per resource (cores, bytes):
+#: a violated memory window costs as much as 16 GiB of a window's slack until the young
+#: instances' outcomes say otherwise, since a new fleet's first hours of memory misses (OOM
+#: kills) come before the price has learned anything.
+YOUNG_PRICE_INITIAL: dict[str, float] = {"cpu_cores": 1.0, "mem_bytes": float(16 * 2**30)}
 #: The resources young instances are sized for from their peers.
 YOUNG: tuple[str, ...] = ("cpu_cores", "mem_bytes")
 

@@ -12,6 +12,7 @@ from fpstream.fleet.young import (
     AGES,
     MIN_SPREAD,
     YOUNG_PRICE_CLIP,
+    YOUNG_PRICE_INITIAL,
     AgePools,
     YoungChoice,
     age_bucket,
@@ -146,6 +147,9 @@ def test_a_burst_of_young_misses_moves_the_clipped_price_a_bounded_step() -> Non
     for _ in range(30):
         young.learn(violations=0, windows=100)
     assert young.price < 1.0  # and it comes back within a day of quiet periods
+    memory = PriceController("mem_bytes", 0.001, clip=YOUNG_PRICE_CLIP,
+                             initial=YOUNG_PRICE_INITIAL["mem_bytes"])
+    assert memory.price == pytest.approx(16 * 2**30)
 
 
 def test_the_choice_follows_what_cost_less_at_that_age() -> None:
