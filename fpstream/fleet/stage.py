@@ -201,8 +201,8 @@ class FleetStage:
         self.pools = AgePools(max_instances=config.max_apps)
         self.choice = YoungChoice()
         # young instances' own prices per budget, and what the peers' reserves realised
-        self.young_prices: dict[tuple[str, float], PriceController] = {}
-        self._young_realised: dict[tuple[str, float], list[int]] = {}
+        self.young_prices: dict[tuple[str, float, bool], PriceController] = {}
+        self._young_realised: dict[tuple[str, float, bool], list[int]] = {}
         self.instances: dict[tuple[str, str], FleetInstance] = {}
         # app -> its instances, the least recently active app first
         self.apps: OrderedDict[str, set[str]] = OrderedDict()
@@ -322,8 +322,9 @@ class FleetStage:
         for key, (violated, scored_windows) in sorted(self._realised.items()):
             self.prices[key].learn(violated, scored_windows)
         self._realised.clear()
-        for key, (violated, scored_windows) in sorted(self._young_realised.items()):
-            self._young_price(*key).learn(violated, scored_windows)
+        for (r, budget, deployed), (violated, scored_windows) in sorted(
+                self._young_realised.items()):
+            self._young_price(r, budget, deployed).learn(violated, scored_windows)
         self._young_realised.clear()
         for d, cluster in scored:
             try:
@@ -439,23 +440,28 @@ class FleetStage:
 
     def _score_young(self, d: Digest, fi: FleetInstance) -> None:
         """The period ``d`` closed: what the peers' and the own reserve would each have cost,
-        and, where the peers' reserve was in force, what it realised for the price of its
-        budget (young and older instances share one price per budget)."""
+        and, where the peers' reserve was in force, what it realised for the young price it
+        was chosen at (bucket -1: a proactive reserve, before any window of its own)."""
         for r, (peers, own, bucket, budget, use) in fi.young.items():
             usage = d.peaks[:, RESOURCES.index(r)].tolist()
             if not math.isnan(own):
                 self.choice.learn(r, bucket, usage, peers, own,
                                   self._young_price(r, budget).price)
             if use:
-                realised = self._young_realised.setdefault((r, budget), [0, 0])
+                realised = self._young_realised.setdefault((r, budget, bucket < 0), [0, 0])
                 realised[0] += d.violations(r, peers)
                 realised[1] += len(usage)
         fi.young = {}
 
-    def _young_price(self, resource: str, budget: float) -> PriceController:
-        price = self.young_prices.get((resource, budget))
+    def _young_price(self, resource: str, budget: float, deployed: bool = False
+                     ) -> PriceController:
+        """The price of a violated window young instances of ``budget`` are sized at: one for
+        proactive reserves (``deployed``: from the peers alone), one for young instances with
+        windows of their own."""
+        key = (resource, budget, deployed)
+        price = self.young_prices.get(key)
         if price is None:
-            price = self.young_prices[(resource, budget)] = PriceController(
+            price = self.young_prices[key] = PriceController(
                 resource, budget, clip=YOUNG_PRICE_CLIP, initial=YOUNG_PRICE_INITIAL[resource])
         return price
 
@@ -513,16 +519,17 @@ class FleetStage:
         fi.evidence = evidence or ""
         keys = [*([evidence] if evidence else []), "fleet:"]
         # ``need`` stays the typical need the evidence predicts (the allocation's
-        # ``predicted``); the reserve covers the budget's quantile of the group's first hours,
-        # and never less than that typical need.
+        # ``predicted``); the reserve is the share of the size the group's first hours make
+        # cheapest at the proactive price, and never less than that typical need.
         cover = dict(need)
         for r in YOUNG:
             budget = self._budget(r, req.labels, arm)
             size = float(req.requested.get(r, 0.0) or 0.0)
-            found = self.pools.reserve(keys, 0.0, r, self._young_price(r, budget).price, size)
+            price = self._young_price(r, budget, deployed=True).price
+            found = self.pools.reserve(keys, 0.0, r, price, size)
             if found is not None:
                 cover[r] = max(found[0], need.get(r, 0.0))
-                fi.young[r] = (cover[r], math.nan, 0, budget, True)
+                fi.young[r] = (cover[r], math.nan, -1, budget, True)
         decision = arm.decide(cover, self.config.catalog)
         # Cold-start feedback: the proactive reserve is scored over the first hour.
         self.coldstart.track(req.app, req.instance, decision.reserve, guess.source)
