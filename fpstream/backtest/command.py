@@ -37,6 +37,10 @@ def backtest(
     score_on: Annotated[str | None, typer.Option(
         "--score-on", help="Series positions to run and score, e.g. 126-250 (default all).")
     ] = None,
+    first_hours: Annotated[float | None, typer.Option(
+        "--first-hours", min=25,
+        help="Replay only each series' first H hours (at least 25): the first day and cold "
+             "start in a fraction of the time.")] = None,
     experiment: Annotated[str | None, typer.Option(
         "--experiment",
         help="Run an A/B experiment over the default arms: split or bandit; the result's "
@@ -112,7 +116,8 @@ def backtest(
         try:
             result = run_backtest(paths, limit_series, fmt=format, progress=progress,
                                   report=report, score_on=score_on, workers=workers,
-                                  experiment=experiment, budgets=levels)
+                                  experiment=experiment, budgets=levels,
+                                  first_hours=first_hours)
         except (FileNotFoundError, ValueError) as ex:
             typer.echo(f"fpstream backtest: {ex}", err=True)
             raise typer.Exit(2) from ex

@@ -706,7 +706,8 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
                  progress: Progress | None = None, report: PathLike | None = None,
                  report_series: int = 4, report_young: int = 3, score_on: str | None = None,
                  workers: int = 1, experiment: str | None = None,
-                 budgets: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
+                 budgets: Mapping[str, Sequence[float]] | None = None,
+                 first_hours: float | None = None) -> dict[str, Any]:
     """Backtest ``limit_series`` series of the traces at ``path`` (one path or several, in
     format ``fmt``: one of ``FORMATS``); the ``--json`` document. With ``report``, also write
     the HTML report there, plotting ``report_series`` series, and the first day of
@@ -720,6 +721,11 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
     With ``experiment`` (``split`` or ``bandit``), the flow runs that A/B experiment over the
     settings' arms (default: ``DEFAULT_ARMS``) and the result gets an ``experiment`` section
     (``experiment_result``).
+
+    With ``first_hours``, each series is cut to its first that many hours (at least 25)
+    before it is replayed: its first day and cold start are scored as in the whole trace's
+    run wherever the fleet's first day is the series' own (every series starting with the
+    trace), in a fraction of the time; ``rest`` then covers only the hours after the first day.
 
     With ``budgets`` (violation budgets per resource), the result gets a ``frontier`` section:
     the flow run at each budget (``fpstream_frontier``) and the baseline families tuned
@@ -751,6 +757,12 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
         series = [series[i] for i in parse_range(score_on, len(series))]
         if not series:
             raise ValueError(f"score_on {score_on!r} selects no series")
+    if first_hours is not None:
+        if not first_hours >= 25:
+            raise ValueError(f"first_hours must be at least 25 (a first day and a decided "
+                             f"hour after it), got {first_hours!r}")
+        series = [s.head(first_hours * HOUR) for s in series]
+        notes["first_hours"] = int(first_hours)
     t1 = time.perf_counter()
     # Series with a provisioned size are announced by a deploy request carrying it, so their
     # first hour runs on a proactive allocation and is scored as cold start.

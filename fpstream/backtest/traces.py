@@ -40,7 +40,7 @@ import re
 import tarfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple, TextIO
@@ -103,6 +103,18 @@ class Series:
     def capacity(self, resource: str) -> np.ndarray | None:
         """The manual allocation of ``cpu`` or ``mem``; ``None`` when the trace lacks it."""
         return {"cpu": self.cpu_cap, "mem": self.mem_cap}[resource]
+
+    def head(self, seconds: float) -> Series:
+        """The series' steps less than ``seconds`` after its first.
+
+        >>> s = Series("vm", np.arange(4) * 300.0, np.ones(4), mem=np.zeros(4))
+        >>> h = s.head(600.0)
+        >>> h.ts.tolist(), h.mem.tolist(), h.cpu_cap is None
+        ([0.0, 300.0], [0.0, 0.0], True)
+        """
+        keep = self.ts < (self.ts[0] + seconds if len(self.ts) else 0.0)
+        return replace(self, **{f.name: getattr(self, f.name)[keep] for f in fields(self)
+                                if isinstance(getattr(self, f.name), np.ndarray)})
 
 
 def bitbrains_files(path: Path | str) -> list[Path]:

@@ -77,6 +77,18 @@ def test_two_flow_processes_give_the_same_result(result: dict[str, Any]) -> None
     assert figures(two) == figures(result)
 
 
+def test_the_first_hours_alone_score_the_first_day_as_the_whole_trace(
+        result: dict[str, Any]) -> None:
+    head = run_backtest(TRACE, N_SERIES, first_hours=26)
+    assert head["notes"]["first_hours"] == 26
+    # these VMs start with the trace: their first day's decisions see the same fleet
+    assert head["first_day"] == result["first_day"]
+    assert head["cold_start"]["fpstream"] == result["cold_start"]["fpstream"]
+    assert head["steps"] < result["steps"] / 10  # only hours 24-26 after the first day
+    with pytest.raises(ValueError, match="first_hours"):
+        run_backtest(TRACE, N_SERIES, first_hours=12)
+
+
 def test_baselines_order_as_they_must(result: dict[str, Any]) -> None:
     for res in ("cpu", "mem"):
         waste = {m: result[res][m]["waste"] for m in METHODS}
