@@ -2,7 +2,7 @@
 
 Each PlanetLab VM-day is a new deployment of the app ``<host>_<slice>`` (instance = the day,
 labels ``{"slice", "host"}``, requested 1 core: the trace's CPU is a share of one core). The
-real flow (``flows.fleet.build_flow`` over a ``TestingSource``, as ``run.py`` runs it) reads,
+real flow (``flows.fleet.build_flow`` over a ``TestingSource``, as ``replay.py`` runs it) reads,
 day by day in time order, a deploy request (``DeployRequest`` on the deploys topic) for every
 VM-day of the day, then the day's samples. So each proactive allocation is decided from the
 earlier days only. Days are picked by archive (``--train A --eval B``) or by position over the
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from fpstream.backtest.run import (
+from fpstream.backtest.replay import (
     DAY,
     DEPLOY_LEAD_S,
     HOUR,
@@ -285,7 +285,7 @@ def series_coldstart(series: Sequence[Series], proactive: dict[tuple[str, str], 
                      allocations: Mapping[tuple[str, str], Mapping[str, np.ndarray]]
                      | None = None) -> dict[str, Any]:
     """The ``cold_start`` section of an hourly backtest whose series were announced by deploy
-    requests carrying their provisioned size (``run.deploy_request``): every series is a new
+    requests carrying their provisioned size (``replay.deploy_request``): every series is a new
     deployment, scored on
 
     - the bucket of its first day's p95 CPU as a share of its provisioned cores, against the

@@ -14,6 +14,7 @@ import html
 import io
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +24,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from fpstream.backtest.run import ReportData
-
-__all__ = ["render_report", "write_report"]
+__all__ = ["ReportData", "render_report", "write_report"]
 
 PLOTTED_METHODS: tuple[str, ...] = ("fpstream", "vpa", "oracle", "manual")
 COLORS: dict[str, str] = {"fpstream": "#d62728", "vpa": "#1f77b4", "crane": "#9467bd",
@@ -43,6 +42,21 @@ thead th { background: #f3f3f3; }
 figure { margin: 0 0 2em; } figcaption { font-size: 0.9em; color: #555; }
 svg { max-width: 100%; height: auto; }
 """
+
+
+@dataclass
+class ReportData:
+    """What ``report.write_report`` draws, kept small: the plotted series' usage and
+    allocations, a few figures per series (for the cluster map), the latest clusters and each
+    app's latest cluster."""
+
+    fmt: str
+    paths: list[str]
+    plotted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    young: dict[str, dict[str, Any]] = field(default_factory=dict)
+    apps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    clusters: Any | None = None
+    app_clusters: dict[str, int] = field(default_factory=dict)
 
 
 def write_report(path: Path, result: dict[str, Any], data: ReportData) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fpstream.backtest.cluster import ClusterError
-from fpstream.backtest.run import DAY, FlowOutput, backtest_settings, flow_allocations
+from fpstream.backtest.replay import DAY, FlowOutput, backtest_settings, flow_allocations
 from fpstream.backtest.traces import Series
 
 pytestmark = pytest.mark.flow

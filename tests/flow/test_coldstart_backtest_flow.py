@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fpstream.backtest.coldstart import series_coldstart
-from fpstream.backtest.run import DAY, FlowOutput, backtest_settings, flow_allocations
+from fpstream.backtest.replay import DAY, FlowOutput, backtest_settings, flow_allocations
 from fpstream.backtest.traces import Series
 
 pytestmark = pytest.mark.flow

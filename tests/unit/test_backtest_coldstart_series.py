@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from fpstream.backtest.coldstart import FIRST_HOUR_STEPS, series_coldstart
-from fpstream.backtest.run import (
+from fpstream.backtest.replay import (
     DAY,
     DEPLOY_LEAD_S,
     TraceMessages,

@@ -20,8 +20,7 @@ from fpstream.backtest.frontier import (
     parse_budgets,
     tuned,
 )
-from fpstream.backtest.report import render_report
-from fpstream.backtest.run import ReportData
+from fpstream.backtest.report import ReportData, render_report
 from fpstream.backtest.traces import Series
 from fpstream.cli import app as cli
 
