@@ -154,8 +154,8 @@ class FleetConfig:
 class FleetInstance:
     """What the fleet stage keeps of one instance: its latest own need, the decision in force
     (its reserve, type and arm, and the budgets whose prices chose it, if any), its guard
-    rail, and how accurate its forecasts have been. While young: its peak so far, the group
-    its deploy was answered from (``evidence``; "" when none), and per resource what its
+    rail, and how accurate its forecasts have been. While young: the group its deploy was
+    answered from (``evidence``; "" when none), and per resource what its
     peers and its own rule proposed for the period in force (``young``: the peers' reserve,
     its own rule or NaN, the age bucket, the budget, whether the peers' reserve is in
     force)."""

@@ -84,8 +84,9 @@ def age_bucket(age_s: float) -> int:
 @dataclass(slots=True)
 class _Bucket:
     """Peers' windows at one age: their peaks relative to their size (``rel``) or, for
-    instances without a size, absolute (``abs``), and relative to the peak their instance had
-    shown before the period (``growth``), per resource; and how many instances."""
+    instances without a size, absolute (``abs``), and as growth over their instance's history
+    before the period (``growth``: ``(u - mean) / spread``), per resource; and how many
+    instances."""
 
     rel: dict[str, Hist] = field(default_factory=dict)
     abs: dict[str, Hist] = field(default_factory=dict)
@@ -94,13 +95,33 @@ class _Bucket:
 
 
 @dataclass(slots=True)
+class _Level:
+    """An instance's windows of one resource: their peak, sum and count."""
+
+    peak: float = 0.0
+    total: float = 0.0
+    n: int = 0
+
+    def add(self, u: float) -> None:
+        self.peak, self.total, self.n = max(self.peak, u), self.total + u, self.n + 1
+
+    def merge(self, other: _Level) -> None:
+        self.peak, self.total, self.n = (max(self.peak, other.peak), self.total + other.total,
+                                         self.n + other.n)
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else 0.0
+
+
+@dataclass(slots=True)
 class _Seen:
     first: float
     bucket: int = -1
     cluster: str | None = None
     period: float | None = None  # the period its latest windows belong to
-    before: dict[str, list[float]] = field(default_factory=dict)  # [peak, sum, n] before it
-    current: dict[str, list[float]] = field(default_factory=dict)  # [peak, sum, n] within it
+    before: dict[str, _Level] = field(default_factory=dict)  # its windows before that period
+    current: dict[str, _Level] = field(default_factory=dict)  # and within it
 
 
 class AgePools:
@@ -139,9 +160,8 @@ class AgePools:
             return
         period = ts if period is None else period
         if period != seen.period:
-            for r, (top, total, n) in seen.current.items():
-                level = seen.before.setdefault(r, [0.0, 0.0, 0.0])
-                level[0], level[1], level[2] = max(level[0], top), level[1] + total, level[2] + n
+            for r, level in seen.current.items():
+                seen.before.setdefault(r, _Level()).merge(level)
             seen.period, seen.current = period, {}
         b = age_bucket(age)
         entered = b != seen.bucket
@@ -156,23 +176,22 @@ class AgePools:
                 cap = float(capacity.get(r, 0.0) or 0.0)
                 _add(*((bucket.rel, u / cap) if cap > 0 else (bucket.abs, u)), r)
                 before = seen.before.get(r)
-                if before is not None and before[0] > 0:
-                    mean, spread = _spread(before)
-                    _add(bucket.growth, (u - mean) / spread, r)
+                if before is not None and before.peak > 0:
+                    spread = _spread(before.mean, before.peak)
+                    _add(bucket.growth, (u - before.mean) / spread, r)
         for r in YOUNG:
-            u = float(peak.get(r, 0.0))
-            now = seen.current.setdefault(r, [0.0, 0.0, 0.0])
-            now[0], now[1], now[2] = max(now[0], u), now[1] + u, now[2] + 1
+            seen.current.setdefault(r, _Level()).add(float(peak.get(r, 0.0)))
 
     def own(self, instance: tuple[str, str], resource: str) -> tuple[float, float] | None:
         """The mean and the peak of ``instance``'s windows so far (None before any)."""
         seen = self.seen.get(instance)
         if seen is None:
             return None
-        a = seen.before.get(resource, [0.0, 0.0, 0.0])
-        b = seen.current.get(resource, [0.0, 0.0, 0.0])
-        n = a[2] + b[2]
-        return None if not n else ((a[1] + b[1]) / n, max(a[0], b[0]))
+        level = _Level()
+        for part in (seen.before.get(resource), seen.current.get(resource)):
+            if part is not None:
+                level.merge(part)
+        return (level.mean, level.peak) if level.n else None
 
     def _pool(self, key: str) -> list[_Bucket]:
         pool = self.pools.get(key)
@@ -197,8 +216,9 @@ class AgePools:
         by it; without a size, the peers' absolute peaks."""
         want = age_bucket(age_s)
         by_distance = sorted(range(len(AGES)), key=lambda b: (abs(b - want), -b))
-        grows = own is not None and own[1] > 0
-        mean, spread = _spread(own) if own is not None and grows else (0.0, 0.0)
+        mean, top = own if own is not None else (0.0, 0.0)
+        grows = top > 0
+        spread = _spread(mean, top) if grows else 0.0
         for key in keys:
             pool = self.pools.get(key)
             if pool is None:
@@ -219,14 +239,10 @@ class AgePools:
         return None
 
 
-def _spread(level: Sequence[float]) -> tuple[float, float]:
-    """The mean of an instance's windows so far and how far its peak rose above it (at least
-    ``MIN_SPREAD`` of the peak), from its peak, sum and count (or its mean and peak)."""
-    if len(level) == 3:
-        top, mean = level[0], level[1] / level[2]
-    else:
-        mean, top = level[0], level[1]
-    return mean, max(top - mean, MIN_SPREAD * top)
+def _spread(mean: float, peak: float) -> float:
+    """How far an instance's peak so far rose above its mean (at least ``MIN_SPREAD`` of the
+    peak)."""
+    return max(peak - mean, MIN_SPREAD * peak)
 
 
 def _add(hists: dict[str, Hist], x: float, resource: str) -> None:
