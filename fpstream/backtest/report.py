@@ -82,6 +82,8 @@ def render_report(result: dict[str, Any], data: ReportData) -> str:
         "short = sum(max(u - A, 0)) / sum(u). A resource the trace lacks is not shown.</p>",
         "<h3>Day 2 on</h3>", _table(result, resources),
         "<h3>First day (cold start)</h3>", _table(result["first_day"], resources),
+        *([_age_table(result["first_day_by_age"], resources)]
+          if result.get("first_day_by_age") else []),
         *([_frontier_section(result["first_day_frontier"], _FIRST_DAY_CAPTION)]
           if result.get("first_day_frontier") else []),
         _figure(_bars(result, resources), "Waste and violations per method and resource "
@@ -117,6 +119,23 @@ def _table(doc: dict[str, Any], resources: Sequence[str]) -> str:
             for r in resources for k in FIGURES)
         rows.append(f"<tr><td>{html.escape(m)}</td>{cells}</tr>")
     return (f"<table><thead><tr><th>method</th>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _age_table(doc: dict[str, Any], resources: Sequence[str]) -> str:
+    """The first day by the series' age: waste @ viol per method, resource and age."""
+    methods = list(dict.fromkeys(m for r in resources for m in doc[r]))
+    spans = list(dict.fromkeys(a for r in resources for m in doc[r] for a in doc[r][m]))
+    head = "".join(f"<th>{r} {html.escape(a)}</th>" for r in resources for a in spans)
+    rows = []
+    for m in methods:
+        cells = "".join(
+            f"<td>{doc[r][m][a]['waste']:.3f} @ {doc[r][m][a]['viol']:.4f}</td>"
+            if m in doc[r] and a in doc[r][m] else "<td>-</td>"
+            for r in resources for a in spans)
+        rows.append(f"<tr><td>{html.escape(m)}</td>{cells}</tr>")
+    return ("<p>The first day by the series' age (hours since its first sample): waste @ viol."
+            f"</p><table><thead><tr><th>method</th>{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 

@@ -9,7 +9,10 @@ samples after ``T``.
 The baselines see the same rows, one at a time, and decide at every hour boundary from the rows
 before it. A series is scored from its first hour boundary on: steps before it have no decision
 from anyone (``notes.unscored_steps``). Its first day (from its first sample) is scored apart
-as cold start (``first_day``); the headline figures are from day 2 on. A series with a
+as cold start (``first_day``), and by the age of the series at each step
+(``first_day_by_age``: the ages young instances are pooled by, ``fpstream.fleet.young.AGES``),
+which tells where a first day's violations and slack fall; the headline figures are from day 2
+on. A series with a
 provisioned size is announced by a deploy request carrying it (``deploy_request``), an hour
 before its first sample: its first hour runs on the flow's proactive allocation, scored in the
 ``cold_start`` section (``fpstream.backtest.coldstart.series_coldstart``).
@@ -45,6 +48,7 @@ from fpstream.backtest.replay import (
 )
 from fpstream.backtest.report import ReportData
 from fpstream.backtest.traces import FORMATS, PathLike, Series, parse_range, read_trace
+from fpstream.fleet.young import AGES
 from fpstream.scoring import Score, in_force
 from fpstream.settings import Settings
 
@@ -52,6 +56,11 @@ __all__ = ["METHODS", "budget_runs", "flow_reserve", "fpstream_frontier", "run_b
            "score_series"]
 
 METHODS: tuple[str, ...] = ("fpstream", "vpa", "crane", "manual", "oracle")
+#: The first day's ages (hours since a series' first sample) scored apart, as ``first_day_by_age``
+#: names them: those young instances are pooled by.
+AGE_SPANS: tuple[tuple[str, float, float], ...] = tuple(
+    (f"{lo / HOUR:g}-{hi / HOUR:g}h", lo, hi) for lo, hi in zip((0.0, *AGES[:-1]), AGES,
+                                                              strict=True))
 EXPERIMENTS: tuple[str, ...] = ("split", "bandit")  # ``run_backtest(experiment=...)``
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -85,9 +94,10 @@ Scores = dict[str, dict[str, dict[str, Score]]]
 
 
 def new_scores(resources: Sequence[str], methods: Mapping[str, Sequence[str]]) -> Scores:
-    """Empty ``scores[phase][resource][method]`` for the resources and methods to report."""
+    """Empty ``scores[phase][resource][method]`` for the resources and methods to report:
+    phases ``rest``, ``first_day`` and each of ``AGE_SPANS``."""
     return {phase: {res: {m: Score() for m in methods[res]} for res in resources}
-            for phase in ("rest", "first_day")}
+            for phase in ("rest", "first_day", *(name for name, _, _ in AGE_SPANS))}
 
 
 def score_series(s: Series, fp: dict[str, np.ndarray] | None, scores: Scores,
@@ -95,8 +105,8 @@ def score_series(s: Series, fp: dict[str, np.ndarray] | None, scores: Scores,
                  arm_scores: dict[str, dict[int, Score]] | None = None,
                  churn: dict[str, dict[str, list[int]]] | None = None,
                  ) -> dict[str, Any] | None:
-    """Add one series to ``scores[phase][resource][method]`` (phases ``rest`` and
-    ``first_day``), for the resources and methods ``scores`` holds.
+    """Add one series to ``scores[phase][resource][method]`` (phases ``rest``,
+    ``first_day`` and its ``AGE_SPANS``), for the resources and methods ``scores`` holds.
 
     With ``arm_scores`` (``[resource][arm index]``), also score the day-2-on steps under an
     allocation of the flow by the experiment arm of that allocation (``fp["arm"]``).
@@ -113,6 +123,7 @@ def score_series(s: Series, fp: dict[str, np.ndarray] | None, scores: Scores,
     first_boundary = math.ceil(ts[0] / HOUR) * HOUR
     scored = ts > first_boundary
     first_day = ts < ts[0] + DAY
+    ages = [(name, (ts >= ts[0] + lo) & (ts < ts[0] + hi)) for name, lo, hi in AGE_SPANS]
     notes["unscored_steps"] += int((~scored).sum())
     decisions = baseline_decisions(s)
     kept: dict[str, Any] = {"ts": ts}
@@ -128,7 +139,8 @@ def score_series(s: Series, fp: dict[str, np.ndarray] | None, scores: Scores,
             alloc[name] = in_force(d["ts"], d[res], ts)
         mine, ok = flow_reserve(s, fp, res, scored, notes)
         alloc["fpstream"] = mine
-        for phase, mask in (("first_day", ok & first_day), ("rest", ok & ~first_day)):
+        for phase, mask in (("first_day", ok & first_day), ("rest", ok & ~first_day),
+                            *((name, ok & at) for name, at in ages)):
             for name in by_method:
                 scores[phase][res][name].add(alloc[name][mask], usage[mask])
         if churn is not None:
@@ -442,6 +454,10 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
                                    if m in churn.get(res, {}) else {})}
                             for m in methods[res]}
                       for res in resources},
+        "first_day_by_age": {res: {m: {name: scores[name][res][m].get()
+                                       for name, _, _ in AGE_SPANS}
+                                   for m in methods[res]}
+                             for res in resources},
         "notes": {
             "first_day_steps": scores["first_day"]["cpu"]["fpstream"].steps,
             "allocations": int(sum(len(a["ts"]) for a in flow.allocations.values())),

@@ -39,6 +39,15 @@ def test_the_document_has_the_issue_shape(result: dict[str, Any]) -> None:
                     assert 0.0 <= value <= 1.0, f"{res} {method} {name} = {value}"
 
 
+def test_the_first_day_by_age_covers_the_first_day(result: dict[str, Any]) -> None:
+    for res in ("cpu", "mem"):
+        assert set(result["first_day_by_age"][res]) == set(METHODS)
+        for method, spans in result["first_day_by_age"][res].items():
+            assert list(spans) == ["0-1h", "1-6h", "6-24h"]
+            for figures in spans.values():
+                assert all(0.0 <= v <= 1.0 for v in figures.values()), (res, method, spans)
+
+
 def test_the_flow_allocated_every_vm_without_dead_letters(result: dict[str, Any]) -> None:
     notes = result["notes"]
     assert notes["allocations"] >= N_SERIES

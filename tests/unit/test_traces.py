@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from fpstream.backtest.run import new_scores, run_backtest, score_series
+from fpstream.backtest.run import AGE_SPANS, new_scores, run_backtest, score_series
 from fpstream.backtest.traces import (
     Series,
     planetlab_vm_days,
@@ -254,6 +254,25 @@ def test_without_capacity_steps_with_no_allocation_are_scored_for_no_method() ->
     assert len(set(steps.values())) == 1
     assert sum(sc.steps for sc in scores["first_day"]["cpu"].values()) == 3 * (
         288 - 100 - 1)
+
+
+def test_the_first_day_by_age_splits_the_first_day_where_its_misses_fell() -> None:
+    s = cpu_only()
+    burst = (s.ts >= s.ts[0] + 3 * 3600) & (s.ts < s.ts[0] + 4 * 3600)  # hour 3 of its life
+    s.cpu[burst] = 0.9
+    scores = new_scores(["cpu"], {"cpu": ["fpstream"]})
+    fp = {"ts": np.array([float(s.ts[0])]), "cpu": np.array([0.5]), "mem": np.array([np.nan])}
+    score_series(s, fp, scores, Counter())
+    assert [name for name, _, _ in AGE_SPANS] == ["0-1h", "1-6h", "6-24h"]
+    by_age = {name: scores[name]["cpu"]["fpstream"] for name, _, _ in AGE_SPANS}
+    whole = scores["first_day"]["cpu"]["fpstream"]
+    # the spans share the first day out, steps, violations and slack
+    assert sum(sc.steps for sc in by_age.values()) == whole.steps
+    assert sum(sc.violations for sc in by_age.values()) == whole.violations == int(burst.sum())
+    assert sum(sc.slack for sc in by_age.values()) == pytest.approx(whole.slack)
+    assert by_age["1-6h"].violations == whole.violations and by_age["6-24h"].violations == 0
+    # scoring starts at the first hour boundary: part of the first hour at most
+    assert 0 < by_age["0-1h"].steps < 12 and by_age["6-24h"].steps == 18 * 12
 
 
 @pytest.mark.flow
