@@ -123,7 +123,8 @@ def _table(doc: dict[str, Any], resources: Sequence[str]) -> str:
 
 
 def _age_table(doc: dict[str, Any], resources: Sequence[str]) -> str:
-    """The first day by the series' age: waste @ viol per method, resource and age."""
+    """The first day by the series' age: waste @ viol per method, resource and age ("-"
+    where no step was scored)."""
     methods = list(dict.fromkeys(m for r in resources for m in doc[r]))
     spans = list(dict.fromkeys(a for r in resources for m in doc[r] for a in doc[r][m]))
     head = "".join(f"<th>{r} {html.escape(a)}</th>" for r in resources for a in spans)
@@ -131,11 +132,11 @@ def _age_table(doc: dict[str, Any], resources: Sequence[str]) -> str:
     for m in methods:
         cells = "".join(
             f"<td>{doc[r][m][a]['waste']:.3f} @ {doc[r][m][a]['viol']:.4f}</td>"
-            if m in doc[r] and a in doc[r][m] else "<td>-</td>"
+            if m in doc[r] and doc[r][m].get(a, {}).get("steps") else "<td>-</td>"
             for r in resources for a in spans)
         rows.append(f"<tr><td>{html.escape(m)}</td>{cells}</tr>")
-    return ("<p>The first day by the series' age (hours since its first sample): waste @ viol."
-            f"</p><table><thead><tr><th>method</th>{head}</tr></thead>"
+    return ("<p>The first day by the series' age (hours since its first sample): waste @ viol; "
+            f"- where no step was scored.</p><table><thead><tr><th>method</th>{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 

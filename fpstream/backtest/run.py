@@ -10,12 +10,12 @@ The baselines see the same rows, one at a time, and decide at every hour boundar
 before it. A series is scored from its first hour boundary on: steps before it have no decision
 from anyone (``notes.unscored_steps``). Its first day (from its first sample) is scored apart
 as cold start (``first_day``), and by the age of the series at each step
-(``first_day_by_age``: the ages young instances are pooled by, ``fpstream.fleet.young.AGES``),
-which tells where a first day's violations and slack fall; the headline figures are from day 2
-on. A series with a
-provisioned size is announced by a deploy request carrying it (``deploy_request``), an hour
-before its first sample: its first hour runs on the flow's proactive allocation, scored in the
-``cold_start`` section (``fpstream.backtest.coldstart.series_coldstart``).
+(``first_day_by_age``: the ages young instances are pooled by, ``fpstream.fleet.young.AGES``,
+each with its scored ``steps``), which tells where a first day's violations and slack fall;
+the headline figures are from day 2 on. A series with a provisioned size is announced by a
+deploy request carrying it (``deploy_request``), an hour before its first sample: its first
+hour runs on the flow's proactive allocation, scored in the ``cold_start`` section
+(``fpstream.backtest.coldstart.series_coldstart``).
 
 A resource the trace lacks (memory in PlanetLab) is omitted from the result, and so is
 ``manual`` for a resource when a series has no capacity for it (a recorded stream without
@@ -454,7 +454,8 @@ def run_backtest(path: PathLike | Sequence[PathLike], limit_series: int | None =
                                    if m in churn.get(res, {}) else {})}
                             for m in methods[res]}
                       for res in resources},
-        "first_day_by_age": {res: {m: {name: scores[name][res][m].get()
+        "first_day_by_age": {res: {m: {name: {**scores[name][res][m].get(),
+                                              "steps": scores[name][res][m].steps}
                                        for name, _, _ in AGE_SPANS}
                                    for m in methods[res]}
                              for res in resources},

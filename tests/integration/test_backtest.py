@@ -42,10 +42,15 @@ def test_the_document_has_the_issue_shape(result: dict[str, Any]) -> None:
 def test_the_first_day_by_age_covers_the_first_day(result: dict[str, Any]) -> None:
     for res in ("cpu", "mem"):
         assert set(result["first_day_by_age"][res]) == set(METHODS)
-        for method, spans in result["first_day_by_age"][res].items():
+        for spans in result["first_day_by_age"][res].values():
             assert list(spans) == ["0-1h", "1-6h", "6-24h"]
             for figures in spans.values():
-                assert all(0.0 <= v <= 1.0 for v in figures.values()), (res, method, spans)
+                assert set(figures) == {"waste", "viol", "short", "steps"}
+                assert all(0.0 <= figures[k] <= 1.0 for k in ("waste", "viol", "short"))
+            # the first hour is scored from its hour boundary on, the later ages whole
+            assert spans["1-6h"]["steps"] > 0 and spans["6-24h"]["steps"] > 0
+            # the spans share out the first day's steps
+            assert sum(s["steps"] for s in spans.values()) == result["notes"]["first_day_steps"]
 
 
 def test_the_flow_allocated_every_vm_without_dead_letters(result: dict[str, Any]) -> None:

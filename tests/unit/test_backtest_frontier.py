@@ -252,10 +252,12 @@ def test_the_report_draws_the_first_day_frontier_and_new_instances_first_day() -
     assert "<h2>New instances: their first day</h2>" in page
     assert "vm-7, deployed after the trace's first day" in page
     assert "New instances" not in plain and "first day at each budget" not in plain
-    figures = {"waste": 0.5, "viol": 0.0123, "short": 0.01}
-    spans = {"0-1h": figures, "1-6h": figures, "6-24h": figures}
+    figures = {"waste": 0.5, "viol": 0.0123, "short": 0.01, "steps": 40}
+    spans = {"0-1h": {**figures, "waste": 0.0, "viol": 0.0, "steps": 0}, "1-6h": figures,
+             "6-24h": figures}
     by_age = {"cpu": {"vpa": spans}, "mem": {"vpa": spans}}
     aged = render_report({**result_with(doc), "first_day_by_age": by_age},
                          ReportData("bitbrains", ["x"]))
     assert "by the series' age" in first_day(aged) and "<th>cpu 6-24h</th>" in first_day(aged)
     assert "0.500 @ 0.0123" in first_day(aged) and "series' age" not in plain
+    assert "0.000 @ 0.0000" not in first_day(aged)  # a span without steps shows none
