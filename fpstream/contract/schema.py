@@ -240,9 +240,9 @@ def _refinements(limits: Limits) -> dict[str, dict[str, dict[str, Any]]]:
                                                "and rx+tx)."),
             "predicted": amounts(RESOURCES, "The need the reserve covers, per resource."),
             "cluster": {"type": "integer", "minimum": -1,
-                        "description": "The cluster whose evidence decided (proactive "
-                                       "allocations, young instances); -1 when the instance "
-                                       "decided from its own history, or none is known."},
+                        "description": "The app's cluster when the decision was made (for "
+                                       "a proactive allocation, that of the evidence that "
+                                       "sized it); -1 when none is known."},
             "confidence": {"type": "number", "minimum": 0, "maximum": 1},
             "policy": {"type": "string", "minLength": 1,
                        "description": "The A/B arm that decided (its name)."},

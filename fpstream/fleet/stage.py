@@ -14,8 +14,8 @@ or several, after a crash and resume as in a clean run:
   prices are controlled so that the budgets hold (``fpstream.fleet.budget``); a younger one
   reserves its own mean so far plus its spread times how far its peers at the same age grew
   beyond theirs (its cluster's once ``cluster_after_s`` of data has placed it), at the price of
-  a violated window young instances' budget sets, or its own cautious rule (twice its peak so
-  far) where that has cost less at that age (``fpstream.fleet.young``). Its A/B arm
+  a violated window young instances' budget sets, or one of its own rules (its peak so far
+  times a margin) where that has cost less at that age (``fpstream.fleet.young``). Its A/B arm
   (``fpstream.fleet.arms``) scales its budget and adds its headroom; the policy snaps the
   reserve to the catalog (``fpstream.policy``);
 - **cold start**: the windows of every digest teach the evidence groups and the label
@@ -156,9 +156,8 @@ class FleetInstance:
     (its reserve, type and arm, and the budgets whose prices chose it, if any), its guard
     rail, and how accurate its forecasts have been. While young: the group its deploy was
     answered from (``evidence``; "" when none), and per resource what its
-    peers and its own rule proposed for the period in force (``young``: the peers' reserve,
-    its own rule or NaN, the age bucket, the budget, whether the peers' reserve is in
-    force)."""
+    peers and its own rules proposed for the period in force (``young``: the candidates of
+    ``young.YoungChoice``, the one in force, the age bucket, the budget)."""
 
     last_ts: float
     own: dict[str, float] = field(default_factory=dict)
@@ -170,7 +169,7 @@ class FleetInstance:
     arms: InstanceArms = field(default_factory=InstanceArms)
     error: list[float] = field(default_factory=lambda: [0.0, 0.0])
     evidence: str | None = None
-    young: dict[str, tuple[float, float, int, float, bool]] = field(default_factory=dict)
+    young: dict[str, tuple[tuple[float, ...], int, int, float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -410,8 +409,8 @@ class FleetStage:
                ) -> dict[str, float]:
         """A young instance's next period, per resource: its peers' reserve at its age and
         budget (its cluster's once it has ``cluster_after_s`` of data, else its deploy's
-        group's, else the fleet's) where the peers
-        have cost less than its own cautious rule at that age (``fpstream.fleet.young``)."""
+        group's, else the fleet's) or one of its own rules (its peak so far times a margin),
+        whichever has cost least at that age (``fpstream.fleet.young.YoungChoice``)."""
         if fi.evidence is None:  # never deployed through a request: its labels' best group
             guess = self.coldstart.predict(d.labels, d.capacity)
             fi.evidence = guess_key(guess) or ""
@@ -431,26 +430,24 @@ class FleetStage:
                                        own=own)
             if found is None:
                 continue
-            peers = found[0]
-            use = self.choice.peers(r, bucket)
-            fi.young[r] = (peers, float(d.own.get(r, 0.0)), bucket, budget, use)
-            if use:
-                out[r] = peers
+            candidates = self.choice.candidates(found[0], own[1] if own else 0.0)
+            use = self.choice.best(r, bucket, len(candidates))
+            fi.young[r] = (candidates, use, bucket, budget)
+            out[r] = candidates[use]
         return out
 
     def _score_young(self, d: Digest, fi: FleetInstance) -> None:
-        """The period ``d`` closed: what the peers' and the own reserve would each have cost,
-        and, where the peers' reserve was in force, what it realised for the young price it
-        was chosen at (bucket -1: a proactive reserve, before any window of its own)."""
-        for r, (peers, own, bucket, budget, use) in fi.young.items():
+        """The period ``d`` closed: what the peers' reserve and the own rules would each have
+        cost, and what the one in force realised for the young price it was chosen at
+        (bucket -1: a proactive reserve, before any window of its own)."""
+        for r, (candidates, use, bucket, budget) in fi.young.items():
             usage = d.peaks[:, RESOURCES.index(r)].tolist()
-            if not math.isnan(own):
-                self.choice.learn(r, bucket, usage, peers, own,
+            if bucket >= 0:
+                self.choice.learn(r, bucket, usage, candidates,
                                   self._young_price(r, budget).price)
-            if use:
-                realised = self._young_realised.setdefault((r, budget, bucket < 0), [0, 0])
-                realised[0] += d.violations(r, peers)
-                realised[1] += len(usage)
+            realised = self._young_realised.setdefault((r, budget, bucket < 0), [0, 0])
+            realised[0] += d.violations(r, candidates[use])
+            realised[1] += len(usage)
         fi.young = {}
 
     def _young_price(self, resource: str, budget: float, deployed: bool = False
@@ -529,7 +526,7 @@ class FleetStage:
             found = self.pools.reserve(keys, 0.0, r, price, size)
             if found is not None:
                 cover[r] = max(found[0], need.get(r, 0.0))
-                fi.young[r] = (cover[r], math.nan, -1, budget, True)
+                fi.young[r] = ((cover[r],), 0, -1, budget)
         decision = arm.decide(cover, self.config.catalog)
         # Cold-start feedback: the proactive reserve is scored over the first hour.
         self.coldstart.track(req.app, req.instance, decision.reserve, guess.source)

@@ -19,8 +19,8 @@ keys of ``fpstream.coldstart``) and per age of its instance (``AGES``: the first
 Which ``g`` (or share of the size): the one whose expected ``spread * slack + price *
 violations`` per window is least (``Hist.cheapest``), a violated window costing the price of
 the instance's budget for young instances. That price is controlled online from what the
-young instances' peer reserves realise, as the prices of ``fpstream.fleet.budget``, with one
-period's error clipped at ``YOUNG_PRICE_CLIP`` times the budget: young instances sized alike
+young instances' reserves in force realise, as the prices of ``fpstream.fleet.budget``, with
+one period's error clipped at ``YOUNG_PRICE_CLIP`` times the budget: young instances sized alike
 miss together, in bursts, and one burst must not send the price to its bound. So a bursty,
 large instance is left more of the budget than a steady small one, and the first day's
 violation rate tracks the budget whatever the fleet.
@@ -30,10 +30,13 @@ cold-start ranking chose when it was deployed, else the fleet; the first of them
 ``min_members`` instances and ``min_windows`` windows at that age, else at the nearest age
 that has them.
 
-Own history against the peers (``YoungChoice``): every young period, both the peers' reserve
-and the instance's own cautious rule (twice its peak so far) are scored on the period's windows
-as ``slack + price * violations``, summed per resource and age over the fleet; the one that has
-cost less so far at that age decides, until the instance's own rules take over.
+Own history against the peers (``YoungChoice``): every young period, the peers' reserve and
+the instance's own rules (its peak so far times each margin of ``fpstream.selector.MARGINS``,
+twice its peak the warm-up rule among them) are scored on the period's windows as ``slack +
+price * violations``, summed per resource and age over the fleet; the one that has cost least
+so far at that age decides, until the instance's own rule selection takes over. Pooled over
+the fleet, a dozen windows of each young instance are enough to tell at which age its own peak
+is the better guide and with which margin, which no instance could tell from its own.
 
 >>> pools = AgePools()
 >>> for i in range(4):
@@ -55,6 +58,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fpstream.coldstart import Hist
+from fpstream.selector import MARGINS
 
 __all__ = ["AGES", "AgePools", "YoungChoice", "age_bucket"]
 
@@ -72,6 +76,8 @@ YOUNG_PRICE_CLIP = 3.0
 #: instances' outcomes say otherwise, since a new fleet's first hours of memory misses (OOM
 #: kills) come before the price has learned anything.
 YOUNG_PRICE_INITIAL: dict[str, float] = {"cpu_cores": 1.0, "mem_bytes": float(16 * 2**30)}
+#: The margins over its peak so far of a young instance's own rules (``YoungChoice``).
+OWN_MARGINS: tuple[float, ...] = MARGINS
 #: The resources young instances are sized for from their peers.
 YOUNG: tuple[str, ...] = ("cpu_cores", "mem_bytes")
 
@@ -253,25 +259,48 @@ def _add(hists: dict[str, Hist], x: float, resource: str) -> None:
 
 
 class YoungChoice:
-    """Per resource and age: what the peers' reserves and the instances' own cautious rule
-    would have cost so far (``slack + price * violations``), older periods fading by
-    ``decay`` each, so that peers who were few or mixed when the fleet was new are judged
-    again as their pools fill; to choose between them."""
+    """Per resource and age: what each young candidate (the peers' reserve, then the
+    instance's peak so far times each of ``OWN_MARGINS``) would have cost so far (``slack +
+    price * violations``), older periods fading by ``decay`` each, so that peers who were few
+    or mixed when the fleet was new are judged again as their pools fill; to choose among
+    them.
+
+    >>> choice = YoungChoice()
+    >>> candidates = choice.candidates(1.0, peak=0.8)  # the peers' 1.0, then 0.8 x margins
+    >>> choice.learn("cpu_cores", 0, [0.85] * 12, candidates, price=10.0)
+    >>> round(candidates[choice.best("cpu_cores", 0)], 2)  # the least own rule over 0.85
+    0.88
+    """
 
     __slots__ = ("cost", "decay")
 
     def __init__(self, decay: float = 0.97) -> None:
-        self.cost: dict[tuple[str, int], list[float]] = {}  # [peers, own]
+        self.cost: dict[tuple[str, int], list[float]] = {}
         self.decay = decay
 
-    def learn(self, resource: str, bucket: int, usage: Sequence[float], peers: float,
-              own: float, price: float) -> None:
-        cost = self.cost.setdefault((resource, bucket), [0.0, 0.0])
-        for i, reserve in enumerate((peers, own)):
+    @staticmethod
+    def candidates(peers: float, peak: float) -> tuple[float, ...]:
+        """The peers' reserve, then the own rules of an instance whose peak so far is
+        ``peak`` (none without one)."""
+        return (peers, *(m * peak for m in OWN_MARGINS)) if peak > 0 else (peers,)
+
+    def learn(self, resource: str, bucket: int, usage: Sequence[float],
+              candidates: Sequence[float], price: float) -> None:
+        """One young period's windows ``usage`` against each of ``candidates`` (as
+        ``candidates`` orders them), a violated window costing ``price``. Without the own rules
+        (no peak so far) there is nothing to compare: nothing is learned."""
+        if len(candidates) != 1 + len(OWN_MARGINS):
+            return
+        cost = self.cost.setdefault((resource, bucket), [0.0] * len(candidates))
+        for i, reserve in enumerate(candidates):
             cost[i] = cost[i] * self.decay + sum(
                 max(reserve - u, 0.0) + (price if u > reserve else 0.0) for u in usage)
 
-    def peers(self, resource: str, bucket: int) -> bool:
-        """Whether the peers decide at this age (they do until they have cost more)."""
-        peers, own = self.cost.get((resource, bucket), (0.0, 0.0))
-        return peers <= own
+    def best(self, resource: str, bucket: int, n: int | None = None) -> int:
+        """Which of the first ``n`` candidates (default: all) has cost least so far at this
+        age: the peers (0) until another has cost less; ties to the first."""
+        cost = self.cost.get((resource, bucket))
+        if cost is None:
+            return 0
+        n = len(cost) if n is None else min(n, len(cost))
+        return min(range(n), key=lambda i: (cost[i], i))

@@ -11,6 +11,7 @@ from fpstream.fleet.budget import PriceController
 from fpstream.fleet.young import (
     AGES,
     MIN_SPREAD,
+    OWN_MARGINS,
     YOUNG_PRICE_CLIP,
     YOUNG_PRICE_INITIAL,
     AgePools,
@@ -154,10 +155,24 @@ def test_a_burst_of_young_misses_moves_the_clipped_price_a_bounded_step() -> Non
 
 def test_the_choice_follows_what_cost_less_at_that_age() -> None:
     choice = YoungChoice()
-    assert choice.peers("cpu_cores", 0)  # the peers decide until they have cost more
-    # peers at 1.0 against usage 1.5: every window violated at price 10; own 3.0: slack 1.5
-    choice.learn("cpu_cores", 0, [1.5] * 12, peers=1.0, own=3.0, price=10.0)
-    assert not choice.peers("cpu_cores", 0)
-    assert choice.peers("cpu_cores", 1) and choice.peers("mem_bytes", 0)
-    choice.learn("cpu_cores", 1, [0.5] * 12, peers=0.6, own=1.0, price=10.0)
-    assert choice.peers("cpu_cores", 1)
+    assert choice.best("cpu_cores", 0) == 0  # the peers decide until another costs less
+    # peak so far 1.0, usage 1.4: the peers' 1.0 and every own rule under 1.4 violate every
+    # window at price 10; 1.5 x the peak (slack 0.1) costs least, 2 x (slack 0.6) more
+    candidates = choice.candidates(1.0, peak=1.0)
+    assert candidates[0] == 1.0 and candidates[1:] == OWN_MARGINS
+    choice.learn("cpu_cores", 0, [1.4] * 12, candidates, price=10.0)
+    assert candidates[choice.best("cpu_cores", 0)] == 1.5
+    assert choice.best("cpu_cores", 1) == 0 and choice.best("mem_bytes", 0) == 0  # per age
+    # usage 0.5 at age 1: the peers' 0.6 (slack 0.1) costs less than every own rule of a 1.0
+    # peak (0.8 at least: slack 0.3)
+    choice.learn("cpu_cores", 1, [0.5] * 12, choice.candidates(0.6, peak=1.0), price=10.0)
+    assert choice.candidates(0.6, 1.0)[choice.best("cpu_cores", 1)] == 0.6
+    # older periods fade: a later run of periods where the peers cost least wins the age back
+    for _ in range(200):
+        choice.learn("cpu_cores", 0, [0.5] * 12, choice.candidates(0.55, peak=1.0), price=10.0)
+    assert choice.best("cpu_cores", 0) == 0
+    # no peak so far: the peers' reserve alone, which is chosen and teaches the choice nothing
+    assert choice.candidates(0.7, peak=0.0) == (0.7,)
+    assert choice.best("cpu_cores", 0, n=1) == 0
+    choice.learn("mem_bytes", 2, [5.0] * 12, (0.7,), price=10.0)
+    assert ("mem_bytes", 2) not in choice.cost
