@@ -291,7 +291,9 @@ class YoungChoice:
         (no peak so far) there is nothing to compare: nothing is learned."""
         if len(candidates) != 1 + len(OWN_MARGINS):
             return
-        cost = self.cost.setdefault((resource, bucket), [0.0] * len(candidates))
+        cost = self.cost.get((resource, bucket))
+        if cost is None or len(cost) != len(candidates):  # new, or of other candidates
+            cost = self.cost[(resource, bucket)] = [0.0] * len(candidates)
         for i, reserve in enumerate(candidates):
             cost[i] = cost[i] * self.decay + sum(
                 max(reserve - u, 0.0) + (price if u > reserve else 0.0) for u in usage)
@@ -300,7 +302,7 @@ class YoungChoice:
         """Which of the first ``n`` candidates (default: all) has cost least so far at this
         age: the peers (0) until another has cost less; ties to the first."""
         cost = self.cost.get((resource, bucket))
-        if cost is None:
+        if cost is None or len(cost) != 1 + len(OWN_MARGINS):
             return 0
         n = len(cost) if n is None else min(n, len(cost))
         return min(range(n), key=lambda i: (cost[i], i))

@@ -176,3 +176,9 @@ def test_the_choice_follows_what_cost_less_at_that_age() -> None:
     assert choice.best("cpu_cores", 0, n=1) == 0
     choice.learn("mem_bytes", 2, [5.0] * 12, (0.7,), price=10.0)
     assert ("mem_bytes", 2) not in choice.cost
+    # costs of other candidates (a snapshot from before the own margins): the peers decide,
+    # and the next period starts the costs afresh
+    choice.cost[("cpu_cores", 2)] = [5.0, 1.0]
+    assert choice.best("cpu_cores", 2) == 0
+    choice.learn("cpu_cores", 2, [1.4] * 12, choice.candidates(1.0, peak=1.0), price=10.0)
+    assert len(choice.cost[("cpu_cores", 2)]) == 1 + len(OWN_MARGINS)
